@@ -1,0 +1,184 @@
+//! Connecting to RabbitMQ the same way in every service: the shared command-line settings,
+//! a connection named after the service (visible in the management UI), retry with capped
+//! exponential backoff, and URLs with the password masked before they reach a log line.
+
+use std::time::Duration;
+
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::topology::{InvalidPrefix, Topology};
+
+/// Broker settings every service takes, as flags and environment variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// AMQP URL of the RabbitMQ broker (credentials may be embedded; they are never logged).
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Prefix of every broker name (exchange, queues), so that systems can share a broker.
+    #[arg(long, env = "CHAT_PREFIX", default_value = "chat")]
+    pub prefix: String,
+}
+
+impl BrokerArgs {
+    /// The topology named by the prefix, or a clear error for a bad prefix.
+    pub fn topology(&self) -> Result<Topology, InvalidPrefix> {
+        Topology::new(&self.prefix)
+    }
+}
+
+/// Opens one connection, named `<service>` for the broker's management UI.
+pub async fn connect(url: &str, service: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(service.into());
+    Connection::connect(url, properties).await
+}
+
+/// Connects, retrying with capped exponential backoff until it succeeds or `shutdown` is
+/// cancelled (then `None`). Each failure is logged once with the password masked.
+pub async fn connect_with_retry(
+    url: &str,
+    service: &str,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            attempt = connect(url, service) => attempt,
+        };
+        match attempt {
+            Ok(connection) => {
+                tracing::info!(broker = %redact(url), "connected to the broker");
+                return Some(connection);
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    broker = %redact(url),
+                    error = %err,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot connect to the broker"
+                );
+                if !backoff.sleep(delay, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter, so that many services restarting together do
+/// not reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+impl Backoff {
+    /// Starts at `min`, doubles per failure up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// Back to the shortest delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The delay to wait now (with up to 25% jitter), and doubles the next one.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    /// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
+    pub async fn sleep(&self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// The AMQP properties of a published event: persistent, JSON, id, type and timestamp, so
+/// that subscribers in any language can route and deduplicate without parsing the body.
+pub fn event_properties(event: &Event) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event.id.as_str().into())
+        .with_type(event.kind.as_str().into())
+        .with_timestamp(u64::try_from(event.at.timestamp()).unwrap_or_default())
+        .with_app_id(event.gateway.as_str().into())
+}
+
+/// The URL with any password replaced by `***`, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!(
+                "{}://{}:***@{}",
+                &url[..scheme_end],
+                user,
+                &rest[at + 1..]
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://chat:s3cret@rabbit:5672/%2f"),
+            "amqp://chat:***@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            redact("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqps://u:p@h"), "amqps://u:***@h");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert!((100..=125).contains(&delays[0]));
+        assert!((200..=250).contains(&delays[1]));
+        assert!((400..=500).contains(&delays[2]));
+        assert!((400..=500).contains(&delays[3]));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(125));
+    }
+}

@@ -1,0 +1,16 @@
+//! Shared pieces of the chat system: the event model every service speaks, the broker
+//! topology they all agree on, and the plumbing (broker connection, durable subscriber loop,
+//! telemetry, shutdown) that each binary would otherwise write again.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod event;
+pub mod history;
+pub mod logline;
+pub mod normalize;
+pub mod shutdown;
+pub mod subscriber;
+pub mod telemetry;
+pub mod topology;
+
+pub use event::{Event, EventKind};

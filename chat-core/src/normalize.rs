@@ -1,0 +1,150 @@
+//! Validation and normalisation of the user-supplied strings that end up in events: room
+//! names, user names and message text. Gateways call these on every client frame and every
+//! consumer calls them again on every delivery, so a producer that skips validation cannot
+//! smuggle bad data to users.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Limits that operators may tune; rooms are fixed by the protocol (`[A-Za-z0-9_-]{1,64}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest user name, in characters (Unicode scalar values) after normalisation.
+    pub max_name: usize,
+    /// Longest message text, in characters after normalisation.
+    pub max_text: usize,
+    /// Largest websocket frame a client may send, in bytes.
+    pub max_frame: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_name: 32,
+            max_text: 4000,
+            max_frame: 16 * 1024,
+        }
+    }
+}
+
+/// Longest room name, in bytes (rooms are ASCII).
+pub const MAX_ROOM: usize = 64;
+
+/// Why a string was refused; the message is shown to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("room must be 1 to {MAX_ROOM} characters of A-Z, a-z, 0-9, '_' or '-'")]
+    Room,
+    #[error("name must be 1 to {max} characters, without control characters")]
+    Name { max: usize },
+    #[error("text must be 1 to {max} characters")]
+    Text { max: usize },
+}
+
+/// Checks a room name. Rooms are plain ASCII so that they are safe in queue names, URLs,
+/// file names and log lines alike; nothing is rewritten.
+pub fn room(raw: &str) -> Result<&str, Invalid> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_ROOM
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(raw)
+    } else {
+        Err(Invalid::Room)
+    }
+}
+
+/// Normalises a user name: Unicode NFC, surrounding white space trimmed, and no control,
+/// line-separator or bidirectional-override characters at all (they can forge other users'
+/// lines in a log or reorder what a reader sees).
+pub fn name(raw: &str, limits: &Limits) -> Result<String, Invalid> {
+    let err = Invalid::Name {
+        max: limits.max_name,
+    };
+    let normalised: String = raw.nfc().collect();
+    let trimmed = normalised.trim();
+    if trimmed.is_empty()
+        || trimmed.chars().count() > limits.max_name
+        || trimmed.chars().any(is_forbidden_in_name)
+    {
+        return Err(err);
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Normalises message text: Unicode NFC, line breaks kept as `\n` (CRLF and CR become LF),
+/// tabs become spaces, and every other control or bidi-override character is dropped. Text
+/// that is empty or only white space after that is refused.
+pub fn text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
+    let err = Invalid::Text {
+        max: limits.max_text,
+    };
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.nfc().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push('\n');
+            }
+            '\n' => out.push('\n'),
+            '\t' => out.push(' '),
+            c if is_forbidden_in_name(c) => {}
+            c => out.push(c),
+        }
+    }
+    if out.trim().is_empty() || out.chars().count() > limits.max_text {
+        return Err(err);
+    }
+    Ok(out)
+}
+
+/// Control characters, Unicode line/paragraph separators and bidirectional controls.
+fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_are_ascii_words_of_at_most_64_bytes() {
+        assert!(room("lobby").is_ok());
+        assert!(room("a-b_C9").is_ok());
+        assert!(room(&"x".repeat(64)).is_ok());
+        assert_eq!(room(&"x".repeat(65)), Err(Invalid::Room));
+        assert_eq!(room(""), Err(Invalid::Room));
+        assert_eq!(room("lob by"), Err(Invalid::Room));
+        assert_eq!(room("lobby.events"), Err(Invalid::Room));
+        assert_eq!(room("café"), Err(Invalid::Room));
+    }
+
+    #[test]
+    fn names_are_nfc_trimmed_and_free_of_control_characters() {
+        let l = Limits::default();
+        // "e" + combining acute accent becomes the single precomposed character.
+        assert_eq!(name(" Rene\u{301} ", &l).unwrap(), "Ren\u{e9}");
+        assert!(name("al\nice", &l).is_err());
+        assert!(name("al\u{202E}ice", &l).is_err());
+        assert!(name("   ", &l).is_err());
+        assert!(name(&"é".repeat(32), &l).is_ok());
+        assert!(name(&"é".repeat(33), &l).is_err());
+    }
+
+    #[test]
+    fn text_keeps_newlines_but_no_other_control_characters() {
+        let l = Limits::default();
+        assert_eq!(text("a\r\nb\rc\td\u{7}e", &l).unwrap(), "a\nb\nc de");
+        assert_eq!(text("x\u{2028}y", &l).unwrap(), "xy");
+        assert!(text(" \n ", &l).is_err());
+        assert!(text(&"a".repeat(4000), &l).is_ok());
+        assert!(text(&"a".repeat(4001), &l).is_err());
+    }
+}

@@ -1,0 +1,254 @@
+//! The durable side-subscriber loop that the logger and the archiver share, and that anyone
+//! can reuse for a new subscriber: own durable queue bound to the events exchange, bounded
+//! prefetch, events handed to an [`EventSink`] in batches, and a broker ack (one multiple-ack
+//! per batch) only after the sink has made the batch durable.
+//!
+//! What it guarantees: an event is acked only after [`EventSink::write`] returned `Ok`; a
+//! sink failure is retried with backoff and never acked; a delivery that is not a valid
+//! event is rejected without requeue, so the broker dead-letters it to `<prefix>.dead`
+//! instead of redelivering it forever; a lost broker connection is re-established with
+//! backoff and the topology declared again. Delivery is at-least-once, so sinks must be
+//! idempotent by event id (the archiver is; the log may repeat a line after a crash).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::{FutureExt, StreamExt};
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    types::FieldTable,
+    Connection,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, Backoff};
+use crate::event::Event;
+use crate::topology::Topology;
+
+/// Where a subscriber puts events. `write` must be idempotent by event id and must not
+/// return `Ok` before the batch is durable: the broker forgets the events right after.
+pub trait EventSink: Send {
+    /// Makes a batch of valid events durable, in delivery order.
+    fn write(&mut self, events: &[Event]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// How a subscriber consumes.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// Broker URL.
+    pub amqp_url: String,
+    /// Names of the exchange and queues.
+    pub topology: Topology,
+    /// Subscriber name: the queue is `<prefix>.<name>`, the connection is named after it.
+    pub name: String,
+    /// Most unacked deliveries the broker sends before waiting for acks.
+    pub prefetch: u16,
+    /// Most events handed to the sink in one batch.
+    pub batch_max: usize,
+}
+
+/// Whether the subscriber is connected and consuming, for `/healthz`-style probes.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    /// True while the queue is declared and the consumer is running.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// Runs the subscriber until `shutdown` is cancelled: finishes and acks the batch in hand,
+/// closes the connection and returns.
+pub async fn run<S: EventSink>(
+    config: SubscriberConfig,
+    mut sink: S,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(connection) =
+            broker::connect_with_retry(&config.amqp_url, &config.name, &mut backoff, &shutdown)
+                .await
+        else {
+            return;
+        };
+        let outcome = consume(
+            &connection,
+            &config,
+            &mut sink,
+            &readiness,
+            &mut backoff,
+            &shutdown,
+        )
+        .await;
+        readiness.set(false);
+        let _ = connection.close(200, "subscriber stopping".into()).await;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(subscriber = %config.name, "subscriber stopped");
+                return;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    subscriber = %config.name,
+                    error = format!("{err:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "lost the broker; reconnecting"
+                );
+                if !backoff.sleep(delay, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One broker session: declare, consume batches until shutdown (`Ok`) or a broker error.
+async fn consume<S: EventSink>(
+    connection: &Connection,
+    config: &SubscriberConfig,
+    sink: &mut S,
+    readiness: &Readiness,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")?;
+    config
+        .topology
+        .declare_base(&channel)
+        .await
+        .context("Failed to declare the exchanges")?;
+    let queue = config
+        .topology
+        .declare_subscriber_queue(&channel, &config.name)
+        .await
+        .with_context(|| format!("Failed to declare the {} queue", config.name))?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .context("Failed to set the prefetch")?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            config.name.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("Failed to consume from {queue}"))?;
+    readiness.set(true);
+    backoff.reset();
+    tracing::info!(subscriber = %config.name, %queue, prefetch = config.prefetch, "consuming");
+
+    loop {
+        // Shutdown is only looked at between batches, so the batch in hand is always
+        // finished and acked before the subscriber stops.
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        let Some(first) = first else {
+            bail!("the broker cancelled the consumer");
+        };
+        let mut batch = vec![first.context("Delivery failed")?];
+        while batch.len() < config.batch_max {
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery.context("Delivery failed")?),
+                Some(None) | None => break,
+            }
+        }
+        let Some((events, last_delivery)) = accept_valid(&config.name, batch).await? else {
+            continue;
+        };
+        if !write_with_retry(sink, &events, &config.name, shutdown).await {
+            // Shutdown during a storage outage: leave the batch unacked; the broker
+            // redelivers it to the next run.
+            return Ok(());
+        }
+        let acked = last_delivery
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .context("Failed to ack a batch")?;
+        if !acked {
+            // lapin silently skips acks on a channel that was lost and recovered: the
+            // broker will redeliver the batch, which the idempotent sink absorbs.
+            bail!("the channel was lost before the batch could be acked");
+        }
+    }
+}
+
+/// Splits a batch: invalid deliveries are rejected without requeue (dead-lettered) and
+/// logged; returns the valid events and the last valid delivery, whose multiple-ack covers
+/// them all, or `None` if nothing in the batch was valid.
+async fn accept_valid(
+    subscriber: &str,
+    batch: Vec<Delivery>,
+) -> anyhow::Result<Option<(Vec<Event>, Delivery)>> {
+    let mut events = Vec::with_capacity(batch.len());
+    let mut last_valid = None;
+    for delivery in batch {
+        match Event::decode(&delivery.data) {
+            Ok(event) => {
+                events.push(event);
+                last_valid = Some(delivery);
+            }
+            Err(err) => {
+                tracing::warn!(
+                    subscriber,
+                    error = %err,
+                    bytes = delivery.data.len(),
+                    message_id = ?delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+                    "dead-lettering a delivery that is not a valid event"
+                );
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+                    .context("Failed to reject an invalid delivery")?;
+            }
+        }
+    }
+    Ok(last_valid.map(|d| (events, d)))
+}
+
+/// Hands the batch to the sink until it succeeds; false if shutdown came first.
+async fn write_with_retry<S: EventSink>(
+    sink: &mut S,
+    events: &[Event],
+    subscriber: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match sink.write(events).await {
+            Ok(()) => return true,
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::error!(
+                    subscriber,
+                    error = format!("{err:#}"),
+                    events = events.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot store a batch; it stays unacked and is retried"
+                );
+                if !backoff.sleep(delay, shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
