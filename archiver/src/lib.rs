@@ -1,1 +1,109 @@
+//! The archiver: a side subscriber that stores every event in SQLite, the chat's queryable
+//! memory. It binds its own durable queue (`<prefix>.archiver`), commits batches before
+//! acking them, answers gateways' history requests over the broker (`<prefix>.history`) and
+//! serves the history over HTTP.
+#![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
+pub mod rpc;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chat_core::broker::{redact, BrokerArgs};
+use chat_core::subscriber::{self, EventSink, Readiness, SubscriberConfig};
+use chat_core::Event;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use store::Store;
+
+/// Settings of the archiver service; every one is a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// SQLite database of the archive; created, with its directory, if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/archive.db",
+        global = true
+    )]
+    pub database_url: String,
+    /// Address of the HTTP API.
+    #[arg(long, env = "ARCHIVER_LISTEN", default_value = "127.0.0.1:3100")]
+    pub listen: SocketAddr,
+    /// Most unacked deliveries in flight (AMQP prefetch).
+    #[arg(long, env = "ARCHIVER_PREFETCH", default_value_t = 512)]
+    pub prefetch: u16,
+    /// Most events committed in one transaction.
+    #[arg(long, env = "ARCHIVER_BATCH", default_value_t = 256)]
+    pub batch_max: usize,
+}
+
+/// Serves until `shutdown` is cancelled: the batch in hand is committed and acked, the HTTP
+/// server stops accepting, and the database is closed before this returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = config.broker.topology()?;
+    let store = Store::open(&config.database_url).await?;
+    tracing::info!(
+        database = %config.database_url,
+        http = %listener.local_addr()?,
+        broker = %redact(&config.broker.amqp_url),
+        prefix = topology.prefix(),
+        prefetch = config.prefetch,
+        batch_max = config.batch_max,
+        "archiver starting"
+    );
+    let health = api::Health {
+        subscriber: Arc::new(Readiness::default()),
+        history: Arc::new(Readiness::default()),
+    };
+    let archive = tokio::spawn(subscriber::run(
+        SubscriberConfig {
+            amqp_url: config.broker.amqp_url.clone(),
+            topology: topology.clone(),
+            name: "archiver".to_owned(),
+            prefetch: config.prefetch,
+            batch_max: config.batch_max.max(1),
+        },
+        ArchiveSink(store.clone()),
+        health.subscriber.clone(),
+        shutdown.clone(),
+    ));
+    let history = tokio::spawn(rpc::run(
+        config.broker.amqp_url.clone(),
+        topology,
+        store.clone(),
+        health.history.clone(),
+        shutdown.clone(),
+    ));
+    warp::serve(api::routes(store.clone(), health))
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned())
+        .run()
+        .await;
+    let _ = archive.await;
+    let _ = history.await;
+    store.close().await;
+    tracing::info!("archiver stopped");
+    Ok(())
+}
+
+/// The archive as the subscriber's sink: a batch is one transaction.
+struct ArchiveSink(Store);
+
+impl EventSink for ArchiveSink {
+    async fn write(&mut self, events: &[Event]) -> anyhow::Result<()> {
+        let inserted = self.0.insert(events).await?;
+        tracing::debug!(batch = events.len(), inserted, "archived a batch");
+        Ok(())
+    }
+}

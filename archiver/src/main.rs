@@ -1,1 +1,42 @@
-fn main() {}
+//! `archiver`: parses settings, starts logging, then serves or runs a command.
+use anyhow::Context;
+use archiver::cli::{Cli, Command};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::History {
+            room,
+            limit,
+            before,
+        }) => {
+            archiver::cli::print_history(&cli.config.database_url, &room, limit, before.as_deref())
+                .await
+        }
+        Some(Command::Serve) | None => serve(cli.config).await,
+    };
+    if let Err(err) = &result {
+        eprintln!("archiver: {err:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn serve(config: archiver::Config) -> anyhow::Result<()> {
+    chat_core::telemetry::init();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("Failed to listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            chat_core::shutdown::signal().await;
+            shutdown.cancel();
+        }
+    });
+    archiver::run(listener, config, shutdown).await
+}

@@ -68,6 +68,68 @@ pub async fn connect_with_retry(
     }
 }
 
+/// Keeps a broker session alive across outages. The caller's loop is
+///
+/// ```ignore
+/// let mut supervisor = Supervisor::new(url, "logger", shutdown);
+/// while let Some(connection) = supervisor.connect().await {
+///     let outcome = session(&connection, &mut supervisor).await; // calls supervisor.up()
+///     if !supervisor.ended(connection, outcome).await { break; }
+/// }
+/// ```
+///
+/// so every session starts on a fresh connection and declares its topology again, and a
+/// failed session is logged with its cause and retried with backoff. A session returns
+/// `Ok` only when shutdown was requested.
+#[derive(Debug)]
+pub struct Supervisor {
+    url: String,
+    service: String,
+    shutdown: CancellationToken,
+    backoff: Backoff,
+}
+
+impl Supervisor {
+    /// A supervisor for `service` (the connection name shown by the broker).
+    pub fn new(url: &str, service: &str, shutdown: CancellationToken) -> Self {
+        Self {
+            url: url.to_owned(),
+            service: service.to_owned(),
+            shutdown,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// The next connection, after backoff if the last one failed; `None` on shutdown.
+    pub async fn connect(&mut self) -> Option<Connection> {
+        connect_with_retry(&self.url, &self.service, &mut self.backoff, &self.shutdown).await
+    }
+
+    /// Tells the supervisor the session is fully up, so the next outage starts its backoff
+    /// from the shortest delay again.
+    pub fn up(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// Closes the connection after a session; returns whether to start another one.
+    pub async fn ended(&mut self, connection: Connection, outcome: anyhow::Result<()>) -> bool {
+        let _ = connection.close(200, "closing".into()).await;
+        match outcome {
+            Ok(()) => false,
+            Err(err) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(
+                    service = %self.service,
+                    error = format!("{err:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "broker session ended; reconnecting"
+                );
+                self.backoff.sleep(delay, &self.shutdown).await
+            }
+        }
+    }
+}
+
 /// Capped exponential backoff with jitter, so that many services restarting together do
 /// not reconnect in lockstep.
 #[derive(Debug, Clone)]
@@ -142,12 +204,7 @@ pub fn redact(url: &str) -> String {
         Some(at) => {
             let userinfo = &authority[..at];
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!(
-                "{}://{}:***@{}",
-                &url[..scheme_end],
-                user,
-                &rest[at + 1..]
-            )
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &rest[at + 1..])
         }
         None => url.to_owned(),
     }

@@ -31,4 +31,7 @@ pub struct HistoryReply {
     /// missed events than [`MAX_HISTORY`]): the client must not assume it has no gap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_error: Option<String>,
+    /// Set when the request could not be answered at all (bad request, database error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

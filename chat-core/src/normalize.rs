@@ -105,7 +105,10 @@ pub fn text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
 /// Control characters, Unicode line/paragraph separators and bidirectional controls.
 fn is_forbidden_in_name(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        )
         || ('\u{202A}'..='\u{202E}').contains(&c)
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }

@@ -25,7 +25,7 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{self, Backoff};
+use crate::broker::{Backoff, Supervisor};
 use crate::event::Event;
 use crate::topology::Topology;
 
@@ -61,7 +61,8 @@ impl Readiness {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn set(&self, ready: bool) {
+    /// Records whether the consumer is running.
+    pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
 }
@@ -74,44 +75,23 @@ pub async fn run<S: EventSink>(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
-    loop {
-        let Some(connection) =
-            broker::connect_with_retry(&config.amqp_url, &config.name, &mut backoff, &shutdown)
-                .await
-        else {
-            return;
-        };
+    let mut supervisor = Supervisor::new(&config.amqp_url, &config.name, shutdown.clone());
+    while let Some(connection) = supervisor.connect().await {
         let outcome = consume(
             &connection,
             &config,
             &mut sink,
             &readiness,
-            &mut backoff,
+            &mut supervisor,
             &shutdown,
         )
         .await;
         readiness.set(false);
-        let _ = connection.close(200, "subscriber stopping".into()).await;
-        match outcome {
-            Ok(()) => {
-                tracing::info!(subscriber = %config.name, "subscriber stopped");
-                return;
-            }
-            Err(err) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    subscriber = %config.name,
-                    error = format!("{err:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "lost the broker; reconnecting"
-                );
-                if !backoff.sleep(delay, &shutdown).await {
-                    return;
-                }
-            }
+        if !supervisor.ended(connection, outcome).await {
+            break;
         }
     }
+    tracing::info!(subscriber = %config.name, "subscriber stopped");
 }
 
 /// One broker session: declare, consume batches until shutdown (`Ok`) or a broker error.
@@ -120,7 +100,7 @@ async fn consume<S: EventSink>(
     config: &SubscriberConfig,
     sink: &mut S,
     readiness: &Readiness,
-    backoff: &mut Backoff,
+    supervisor: &mut Supervisor,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = connection
@@ -151,7 +131,7 @@ async fn consume<S: EventSink>(
         .await
         .with_context(|| format!("Failed to consume from {queue}"))?;
     readiness.set(true);
-    backoff.reset();
+    supervisor.up();
     tracing::info!(subscriber = %config.name, %queue, prefetch = config.prefetch, "consuming");
 
     loop {

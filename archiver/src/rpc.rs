@@ -1,0 +1,156 @@
+//! The archiver's side of history over the broker: it consumes `<prefix>.history` and
+//! answers each request to its `reply_to` address with the same `correlation_id`, so
+//! gateways get history knowing only the broker's address.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use chat_core::broker::Supervisor;
+use chat_core::history::{HistoryReply, HistoryRequest, MAX_HISTORY};
+use chat_core::normalize;
+use chat_core::subscriber::Readiness;
+use chat_core::topology::Topology;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{LookupError, Store};
+
+/// Answers history requests until `shutdown` is cancelled, reconnecting as needed.
+pub async fn run(
+    amqp_url: String,
+    topology: Topology,
+    store: Store,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    let mut supervisor = Supervisor::new(&amqp_url, "archiver-history", shutdown.clone());
+    while let Some(connection) = supervisor.connect().await {
+        let outcome = serve(
+            &connection,
+            &topology,
+            &store,
+            &readiness,
+            &mut supervisor,
+            &shutdown,
+        )
+        .await;
+        readiness.set(false);
+        if !supervisor.ended(connection, outcome).await {
+            break;
+        }
+    }
+}
+
+async fn serve(
+    connection: &Connection,
+    topology: &Topology,
+    store: &Store,
+    readiness: &Readiness,
+    supervisor: &mut Supervisor,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")?;
+    let queue = topology
+        .declare_history_queue(&channel)
+        .await
+        .context("Failed to declare the history queue")?;
+    channel.basic_qos(32, BasicQosOptions::default()).await?;
+    let mut requests = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "archiver-history".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("Failed to consume from {queue}"))?;
+    readiness.set(true);
+    supervisor.up();
+    tracing::info!(%queue, "answering history requests");
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            next = requests.next() => match next {
+                Some(delivery) => delivery.context("Delivery failed")?,
+                None => anyhow::bail!("the broker cancelled the history consumer"),
+            },
+        };
+        let reply_to = delivery.properties.reply_to().clone();
+        let correlation_id = delivery.properties.correlation_id().clone();
+        if let Some(reply_to) = reply_to {
+            let reply = match serde_json::from_slice::<HistoryRequest>(&delivery.data) {
+                Ok(request) => answer(store, &request).await,
+                Err(err) => HistoryReply {
+                    events: Vec::new(),
+                    since_error: None,
+                    error: Some(format!("invalid history request: {err}")),
+                },
+            };
+            let mut properties =
+                BasicProperties::default().with_content_type("application/json".into());
+            if let Some(id) = correlation_id {
+                properties = properties.with_correlation_id(id);
+            }
+            let body = serde_json::to_vec(&reply).context("Failed to encode a history reply")?;
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .context("Failed to send a history reply")?;
+        } else {
+            tracing::warn!("dropping a history request without reply_to");
+        }
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .context("Failed to ack a history request")?;
+    }
+}
+
+/// Answers one request from the archive; also used by the HTTP API's tests of the same
+/// semantics. A failed `since` falls back to the latest `limit` events, flagged.
+pub async fn answer(store: &Store, request: &HistoryRequest) -> HistoryReply {
+    let failed = |error: String| HistoryReply {
+        events: Vec::new(),
+        since_error: None,
+        error: Some(error),
+    };
+    if normalize::room(&request.room).is_err() {
+        return failed(format!("invalid room {:?}", request.room));
+    }
+    let limit = request.limit.clamp(1, MAX_HISTORY);
+    let mut since_error = None;
+    if let Some(since) = &request.since {
+        match store.since(&request.room, since, MAX_HISTORY).await {
+            Ok(events) => {
+                return HistoryReply {
+                    events,
+                    since_error: None,
+                    error: None,
+                }
+            }
+            Err(LookupError::Database(err)) => return failed(format!("archive error: {err}")),
+            Err(err) => since_error = Some(err.to_string()),
+        }
+    }
+    match store.page(&request.room, limit, None).await {
+        Ok(events) => HistoryReply {
+            events,
+            since_error,
+            error: None,
+        },
+        Err(err) => failed(format!("archive error: {err}")),
+    }
+}

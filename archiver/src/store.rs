@@ -1,0 +1,225 @@
+//! The SQLite archive. Opened in WAL mode so history reads never wait for the writer, with
+//! `synchronous=FULL` because the archiver acks the broker right after a commit: an acked
+//! event must survive a power cut, and batching keeps the fsync cost per event small.
+//! Inserts are idempotent by event id, so a redelivered event leaves one row.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_core::event::{format_time, Event, EventKind, SCHEMA_VERSION};
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+
+/// The archive, cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomSummary {
+    /// Room name.
+    pub room: String,
+    /// How many events the room has.
+    pub events: i64,
+    /// Time of the first event.
+    pub first_at: String,
+    /// Time of the latest event.
+    pub last_at: String,
+    /// Id of the latest event.
+    pub last_id: String,
+}
+
+/// A reference to an event that the query cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("event {0:?} is not in room {1:?}")]
+    UnknownEvent(String, String),
+    #[error("more than {0} events were missed")]
+    TooOld(u32),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+const EVENT_COLUMNS: &str = "id, type, room, user, text, at, gateway";
+
+impl Store {
+    /// Opens (creating it and its directory if missing) and migrates the archive.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("Invalid DATABASE_URL {url:?}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let path = options.get_filename().to_owned();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("Failed to create {}", dir.display()))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("Failed to open the archive {}", path.display()))?;
+        sqlx::migrate!("../migrations")
+            .run(&pool)
+            .await
+            .context("Failed to apply the archive migrations")?;
+        Ok(Self { pool })
+    }
+
+    /// Stores a batch in one transaction; events already archived are skipped. Returns how
+    /// many rows were new.
+    pub async fn insert(&self, events: &[Event]) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        for event in events {
+            let at = format_time(&event.at);
+            let result = sqlx::query(
+                "INSERT INTO events (id, type, room, user, text, at, gateway)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&event.id)
+            .bind(event.kind.as_str())
+            .bind(&event.room)
+            .bind(&event.user)
+            .bind(&event.text)
+            .bind(&at)
+            .bind(&event.gateway)
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() == 0 {
+                continue;
+            }
+            inserted += 1;
+            sqlx::query(
+                "INSERT INTO rooms (room, events, first_at, last_at, last_id) VALUES (?, 1, ?, ?, ?)
+                 ON CONFLICT (room) DO UPDATE SET events = events + 1,
+                     last_at = excluded.last_at, last_id = excluded.last_id",
+            )
+            .bind(&event.room)
+            .bind(&at)
+            .bind(&at)
+            .bind(&event.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Every room with its event count and last activity, most recently active first.
+    pub async fn rooms(&self) -> Result<Vec<RoomSummary>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT room, events, first_at, last_at, last_id FROM rooms ORDER BY last_at DESC, room",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RoomSummary {
+                    room: row.try_get("room")?,
+                    events: row.try_get("events")?,
+                    first_at: row.try_get("first_at")?,
+                    last_at: row.try_get("last_at")?,
+                    last_id: row.try_get("last_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` events of `room` before the event `before` (or the latest ones),
+    /// oldest first.
+    pub async fn page(
+        &self,
+        room: &str,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<Event>, LookupError> {
+        let bound = match before {
+            Some(id) => self.seq_of(room, id).await?,
+            None => i64::MAX,
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        ))
+        .bind(room)
+        .bind(bound)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(row_to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Every event of `room` after the event `since`, oldest first; fails if `since` is not
+    /// an event of that room or more than `max` events came after it.
+    pub async fn since(
+        &self,
+        room: &str,
+        since: &str,
+        max: u32,
+    ) -> Result<Vec<Event>, LookupError> {
+        let seq = self.seq_of(room, since).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(room)
+        .bind(seq)
+        .bind(i64::from(max) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.len() > max as usize {
+            return Err(LookupError::TooOld(max));
+        }
+        Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+    }
+
+    /// Checks that the database answers, for readiness probes.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Waits for queries in flight and closes the database.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn seq_of(&self, room: &str, id: &str) -> Result<i64, LookupError> {
+        sqlx::query_scalar("SELECT seq FROM events WHERE id = ? AND room = ?")
+            .bind(id)
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| LookupError::UnknownEvent(id.to_owned(), room.to_owned()))
+    }
+}
+
+fn row_to_event(row: &SqliteRow) -> Result<Event, sqlx::Error> {
+    let kind: String = row.try_get("type")?;
+    let at: String = row.try_get("at")?;
+    Ok(Event {
+        v: SCHEMA_VERSION,
+        id: row.try_get("id")?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?,
+        room: row.try_get("room")?,
+        user: row.try_get("user")?,
+        text: row.try_get("text")?,
+        at: chrono::DateTime::parse_from_rfc3339(&at)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+            .with_timezone(&chrono::Utc),
+        gateway: row.try_get("gateway")?,
+    })
+}

@@ -1,0 +1,63 @@
+//! The log file as an [`EventSink`]: lines are appended in delivery order, then flushed and
+//! `fdatasync`ed before the batch is acked, so an acked event is on disk.
+
+use std::path::Path;
+
+use anyhow::Context;
+use chat_core::{logline, subscriber::EventSink, Event};
+use tokio::fs::{File, OpenOptions};
+use tokio::io::AsyncWriteExt;
+
+/// An append-only chat log.
+pub struct LogFile {
+    /// The open file, in append mode so concurrent `tail -f` readers see whole lines.
+    file: File,
+    /// Whether lines are echoed to stdout too.
+    echo: bool,
+}
+
+impl LogFile {
+    /// Opens (creating it and its directory if needed) the log for appending.
+    pub async fn open(path: &Path, echo: bool) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .with_context(|| format!("Failed to create {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(Self { file, echo })
+    }
+}
+
+impl EventSink for LogFile {
+    async fn write(&mut self, events: &[Event]) -> anyhow::Result<()> {
+        let mut buf = String::with_capacity(events.len() * 80);
+        for event in events {
+            buf.push_str(&logline::format(event));
+            buf.push('\n');
+        }
+        self.file
+            .write_all(buf.as_bytes())
+            .await
+            .context("Failed to append to the chat log")?;
+        self.file
+            .flush()
+            .await
+            .context("Failed to flush the chat log")?;
+        self.file
+            .sync_data()
+            .await
+            .context("Failed to sync the chat log")?;
+        if self.echo {
+            let mut stdout = tokio::io::stdout();
+            // The file is the record; stdout is a convenience, so its errors are ignored.
+            let _ = stdout.write_all(buf.as_bytes()).await;
+            let _ = stdout.flush().await;
+        }
+        Ok(())
+    }
+}
