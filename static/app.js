@@ -315,7 +315,7 @@
     } else {
       state.resetOnJoined = true; // nothing seen yet: take the history as the whole list
     }
-    setPhase('joining');
+    if (!el.messages.firstChild) setPhase('joining');
     send(frame);
   }
 
@@ -784,8 +784,9 @@
     if (state.stick) el.jump.hidden = true;
   }, { passive: true });
   el.jump.addEventListener('click', scrollToBottom);
-  // Keep the newest message in view when the viewport shrinks (phone keyboard opening).
-  window.addEventListener('resize', () => { if (state.stick) scrollToBottom(); });
+  // Keep the newest message in view when the list gets shorter: phone keyboard opening,
+  // the composer growing, a banner appearing.
+  new ResizeObserver(() => { if (state.stick) scrollToBottom(); }).observe(el.messages);
 
   window.addEventListener('online', reconnectNow);
   document.addEventListener('visibilitychange', () => {

@@ -1,1 +1,96 @@
+//! The gateway: a stateless websocket server. It publishes every client's events to the
+//! broker's fanout exchange (acking a client only after the broker confirmed), consumes all
+//! events from its own exclusive queue and pushes each to its local clients in that room.
+//! Gateways know only the broker: any number run side by side, and users on different
+//! gateways talk to each other through the exchange.
+#![forbid(unsafe_code)]
 
+pub mod config;
+mod connection;
+mod link;
+pub mod protocol;
+mod rooms;
+mod routes;
+
+use std::sync::Arc;
+
+use chat_core::broker::redact;
+use chat_core::normalize::Limits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// What every connection shares.
+pub(crate) struct State {
+    config: Config,
+    limits: Limits,
+    gateway_id: String,
+    rooms: Arc<rooms::Rooms>,
+    link: link::Link,
+    /// Cancelled when the gateway shuts down: connections close with 1012.
+    shutdown: CancellationToken,
+    /// Every websocket connection, so shutdown can wait for them.
+    connections: TaskTracker,
+    /// Background publishes (leave notices) that must finish before the link closes.
+    background: TaskTracker,
+}
+
+/// Serves on `listener` until `shutdown` is cancelled. Then it stops accepting, closes
+/// every client with 1012 after its in-flight publishes are confirmed, and closes the broker
+/// link last.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = config.broker.topology()?;
+    let address = listener.local_addr()?;
+    let gateway_id = config.gateway_id(address.port());
+    tracing::info!(
+        gateway = %gateway_id,
+        listen = %address,
+        broker = %redact(&config.broker.amqp_url),
+        prefix = topology.prefix(),
+        max_frame = config.max_frame,
+        max_text = config.max_text,
+        client_queue = config.client_queue,
+        "gateway starting"
+    );
+    let rooms = Arc::new(rooms::Rooms::default());
+    let link_shutdown = CancellationToken::new();
+    let (link, link_task) = link::start(
+        config.broker.amqp_url.clone(),
+        topology,
+        rooms.clone(),
+        gateway_id.clone(),
+        config.prefetch,
+        config.publish_timeout(),
+        config.history_timeout(),
+        link_shutdown.clone(),
+    );
+    let state = Arc::new(State {
+        limits: config.limits(),
+        config,
+        gateway_id,
+        rooms,
+        link,
+        shutdown: shutdown.clone(),
+        connections: TaskTracker::new(),
+        background: TaskTracker::new(),
+    });
+    warp::serve(routes::routes(state.clone()))
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned())
+        .run()
+        .await;
+    state.connections.close();
+    state.connections.wait().await;
+    state.background.close();
+    state.background.wait().await;
+    link_shutdown.cancel();
+    let _ = link_task.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! One websocket client: a reader that turns frames into commands and a writer that owns
+//! the socket's sending half. The writer alone decides what the client sees and in which
+//! order, so a join can be made gap-free: events of a joining room are buffered from the
+//! moment the client is registered, the history is sent, then the buffered events that the
+//! history did not already contain.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chat_core::history::HistoryRequest;
+use chat_core::{Event, EventKind};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::ws::{Message, WebSocket};
+
+use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
+use crate::rooms::{ConnId, Member, Outbound};
+use crate::State;
+
+/// Close code when the gateway shuts down: clients reconnect elsewhere.
+const CLOSE_RESTART: u16 = 1012;
+/// Close code for a client whose queue overflowed; it may reconnect and resume.
+const CLOSE_SLOW: u16 = 4008;
+/// Most live events buffered for a room while its history is fetched.
+const MAX_JOIN_BUFFER: usize = 10_000;
+
+/// Serves one websocket until the client leaves, the gateway shuts down, or the client is
+/// too slow to keep up.
+pub async fn serve(socket: WebSocket, state: Arc<State>) {
+    let (sink, mut stream) = socket.split();
+    let (outbox, inbox) = mpsc::channel(state.config.client_queue.max(16));
+    let kick = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(sink, inbox, kick.clone()));
+    let mut client = Client {
+        conn: state.rooms.next_conn_id(),
+        state: state.clone(),
+        outbox,
+        kick: kick.clone(),
+        joined: HashMap::new(),
+        confirms: TaskTracker::new(),
+    };
+    client
+        .send(ServerFrame::Hello {
+            gateway: &state.gateway_id,
+            limits: LimitsView {
+                max_text: state.config.max_text,
+                max_name: state.config.max_name,
+                max_frame: state.config.max_frame,
+            },
+        })
+        .await;
+
+    let close = loop {
+        let frame = tokio::select! {
+            _ = state.shutdown.cancelled() => break Some((CLOSE_RESTART, "service restart")),
+            _ = kick.cancelled() => break Some((CLOSE_SLOW, "too slow: resume with since")),
+            frame = stream.next() => frame,
+        };
+        let message = match frame {
+            Some(Ok(message)) => message,
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "websocket read failed");
+                break None;
+            }
+            None => break None,
+        };
+        if message.is_close() {
+            break None;
+        }
+        if message.is_text() {
+            let text = message.to_str().unwrap_or_default();
+            match protocol::parse(text, &state.limits) {
+                Ok(command) => client.handle(command).await,
+                Err(rejection) => client.reject(rejection).await,
+            }
+        } else if message.is_binary() {
+            client
+                .reject(Rejection::new(
+                    None,
+                    "unsupported_frame",
+                    "send JSON text frames, not binary",
+                ))
+                .await;
+        }
+        // Pings are answered by the websocket layer; pongs need nothing.
+    };
+
+    client.disconnect().await;
+    if let Some((code, reason)) = close {
+        let _ = client.outbox.send(Outbound::Close { code, reason }).await;
+    }
+    drop(client);
+    let _ = writer.await;
+}
+
+/// The reader's state of one connection.
+struct Client {
+    conn: ConnId,
+    state: Arc<State>,
+    outbox: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+    /// Joined rooms and the name used in each.
+    joined: HashMap<Arc<str>, String>,
+    /// Publishes waiting for their broker confirm; finished before the socket closes.
+    confirms: TaskTracker,
+}
+
+impl Client {
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                room,
+                name,
+                since,
+                r#ref,
+            } => self.join(room, name, since, r#ref).await,
+            Command::Say { room, text, r#ref } => self.say(&room, text, r#ref).await,
+            Command::Leave { room, r#ref } => self.leave(&room, r#ref).await,
+        }
+    }
+
+    async fn join(
+        &mut self,
+        room: String,
+        name: String,
+        since: Option<String>,
+        r#ref: Option<String>,
+    ) {
+        // The writer must know to buffer before the first live event can reach it.
+        let room: Arc<str> = Arc::from(room);
+        let _ = self
+            .outbox
+            .send(Outbound::Joining { room: room.clone() })
+            .await;
+        let room = self.state.rooms.join(
+            &room,
+            self.conn,
+            Member {
+                outbox: self.outbox.clone(),
+                kick: self.kick.clone(),
+            },
+        );
+        let first_time = self.joined.insert(room.clone(), name.clone()).is_none();
+        if first_time {
+            let event = Event::new(EventKind::Join, &room, &name, None, &self.state.gateway_id);
+            if let Err(err) = self.publish_now(&event).await {
+                tracing::warn!(error = %err, "cannot announce a join");
+                self.joined.remove(&room);
+                self.state.rooms.leave(&room, self.conn);
+                let _ = self.outbox.send(Outbound::Left { room, frame: None }).await;
+                self.reject(unavailable(r#ref)).await;
+                return;
+            }
+        }
+        let request = HistoryRequest {
+            room: room.to_string(),
+            limit: self.state.config.history_limit,
+            since,
+        };
+        let link = self.state.link.clone();
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let mut frames = Vec::with_capacity(2);
+            let reply = link.history(&request).await;
+            let history = match reply {
+                Ok(reply) => {
+                    if let Some(reason) = &reply.since_error {
+                        frames.push(error_frame(r#ref.as_deref(), "bad_since", &format!(
+                            "cannot resume after {:?} ({reason}); here is the latest history instead",
+                            request.since.as_deref().unwrap_or_default()
+                        )));
+                    }
+                    reply.events
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, room = %request.room, "history unavailable");
+                    frames.push(error_frame(
+                        r#ref.as_deref(),
+                        "history_unavailable",
+                        &format!("the history could not be loaded: {err}"),
+                    ));
+                    Vec::new()
+                }
+            };
+            let joined = ServerFrame::Joined {
+                room: &request.room,
+                r#ref: r#ref.as_deref(),
+                history: &history,
+            };
+            // The error explaining an empty or fallback history comes first, then `joined`.
+            frames.push(Message::text(joined.encode()));
+            let history_ids = history.into_iter().map(|e| e.id).collect();
+            let _ = outbox
+                .send(Outbound::Joined {
+                    room,
+                    frames,
+                    history_ids,
+                })
+                .await;
+        });
+    }
+
+    async fn say(&mut self, room: &str, text: String, r#ref: Option<String>) {
+        let Some(name) = self.joined.get(room) else {
+            return self
+                .reject(Rejection::new(
+                    r#ref,
+                    "not_joined",
+                    format!("join {room:?} before saying something there"),
+                ))
+                .await;
+        };
+        let event = Event::new(
+            EventKind::Message,
+            room,
+            name,
+            Some(text),
+            &self.state.gateway_id,
+        );
+        let payload = event.to_json();
+        // Publishing here, in the reader, keeps one client's messages in order; the confirm
+        // is awaited beside it so the client can have many messages in flight.
+        match self.state.link.publish(&event, payload.as_bytes()).await {
+            Ok(pending) => {
+                let outbox = self.outbox.clone();
+                self.confirms.spawn(async move {
+                    let frame = match pending.confirmed().await {
+                        Ok(()) => ServerFrame::Ack {
+                            r#ref: r#ref.as_deref(),
+                            id: &event.id,
+                        }
+                        .encode(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "publish not confirmed");
+                            error_frame_text(
+                                r#ref.as_deref(),
+                                "unavailable",
+                                "the message was not confirmed by the broker; send it again",
+                            )
+                        }
+                    };
+                    let _ = outbox.send(Outbound::Frame(Message::text(frame))).await;
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot publish");
+                self.reject(unavailable(r#ref)).await;
+            }
+        }
+    }
+
+    async fn leave(&mut self, room: &str, r#ref: Option<String>) {
+        let Some((room, name)) = self.joined.remove_entry(room) else {
+            return self
+                .reject(Rejection::new(
+                    r#ref,
+                    "not_joined",
+                    format!("not in room {room:?}"),
+                ))
+                .await;
+        };
+        self.state.rooms.leave(&room, self.conn);
+        let frame = ServerFrame::Left {
+            room: &room,
+            r#ref: r#ref.as_deref(),
+        }
+        .encode();
+        let _ = self
+            .outbox
+            .send(Outbound::Left {
+                room: room.clone(),
+                frame: Some(Message::text(frame)),
+            })
+            .await;
+        self.announce_leave(&room, &name);
+    }
+
+    /// Leaves every room when the socket ends and lets in-flight publishes finish, so that
+    /// their acks still reach the client before it is closed.
+    async fn disconnect(&mut self) {
+        for (room, name) in std::mem::take(&mut self.joined) {
+            self.state.rooms.leave(&room, self.conn);
+            self.announce_leave(&room, &name);
+        }
+        self.confirms.close();
+        self.confirms.wait().await;
+    }
+
+    /// Publishes a `leave` event in the background; it is best effort, as the client is gone.
+    fn announce_leave(&self, room: &str, name: &str) {
+        let event = Event::new(EventKind::Leave, room, name, None, &self.state.gateway_id);
+        let link = self.state.link.clone();
+        self.state.background.spawn(async move {
+            let payload = event.to_json();
+            let result = match link.publish(&event, payload.as_bytes()).await {
+                Ok(pending) => pending.confirmed().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                tracing::warn!(error = %err, room = %event.room, "cannot announce a leave");
+            }
+        });
+    }
+
+    async fn publish_now(&self, event: &Event) -> Result<(), crate::link::PublishError> {
+        let payload = event.to_json();
+        self.state
+            .link
+            .publish(event, payload.as_bytes())
+            .await?
+            .confirmed()
+            .await
+    }
+
+    async fn send(&self, frame: ServerFrame<'_>) {
+        let _ = self
+            .outbox
+            .send(Outbound::Frame(Message::text(frame.encode())))
+            .await;
+    }
+
+    async fn reject(&self, rejection: Rejection) {
+        let _ = self
+            .outbox
+            .send(Outbound::Frame(error_frame(
+                rejection.r#ref.as_deref(),
+                rejection.code,
+                &rejection.message,
+            )))
+            .await;
+    }
+}
+
+fn unavailable(r#ref: Option<String>) -> Rejection {
+    Rejection::new(
+        r#ref,
+        "unavailable",
+        "the broker is unavailable; try again shortly",
+    )
+}
+
+fn error_frame_text(r#ref: Option<&str>, code: &str, message: &str) -> String {
+    ServerFrame::Error {
+        r#ref,
+        code,
+        message,
+    }
+    .encode()
+}
+
+fn error_frame(r#ref: Option<&str>, code: &str, message: &str) -> Message {
+    Message::text(error_frame_text(r#ref, code, message))
+}
+
+/// What the writer knows of a room.
+enum RoomView {
+    /// Joining: live events wait here until the history has been sent.
+    Buffering(Vec<(Arc<str>, Message)>),
+    /// Joined: live events go straight out.
+    Live,
+}
+
+/// Owns the sending half: applies [`Outbound`] items in order until the queue closes, a
+/// close is requested, or the socket fails (then it kicks the reader).
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut inbox: mpsc::Receiver<Outbound>,
+    kick: CancellationToken,
+) {
+    let mut rooms: HashMap<Arc<str>, RoomView> = HashMap::new();
+    while let Some(out) = inbox.recv().await {
+        let sent = match out {
+            Outbound::Frame(frame) => sink.send(frame).await,
+            Outbound::Joining { room } => {
+                rooms.insert(room, RoomView::Buffering(Vec::new()));
+                Ok(())
+            }
+            Outbound::Event { room, id, frame } => match rooms.get_mut(&room) {
+                Some(RoomView::Live) => sink.send(frame).await,
+                Some(RoomView::Buffering(buffer)) if buffer.len() < MAX_JOIN_BUFFER => {
+                    buffer.push((id, frame));
+                    Ok(())
+                }
+                Some(RoomView::Buffering(_)) => {
+                    kick.cancel();
+                    Ok(())
+                }
+                None => Ok(()),
+            },
+            Outbound::Joined {
+                room,
+                frames,
+                history_ids,
+            } => {
+                let Some(RoomView::Buffering(buffer)) = rooms.insert(room.clone(), RoomView::Live)
+                else {
+                    // The client left while its history was loading.
+                    rooms.remove(&room);
+                    continue;
+                };
+                let seen: HashSet<String> = history_ids.into_iter().collect();
+                let fresh = buffer
+                    .into_iter()
+                    .filter(|(id, _)| !seen.contains(&**id))
+                    .map(|(_, f)| f);
+                send_all(&mut sink, frames.into_iter().chain(fresh)).await
+            }
+            Outbound::Left { room, frame } => {
+                rooms.remove(&room);
+                match frame {
+                    Some(frame) => sink.send(frame).await,
+                    None => Ok(()),
+                }
+            }
+            Outbound::Close { code, reason } => {
+                let _ = sink.send(Message::close_with(code, reason)).await;
+                break;
+            }
+        };
+        if sent.is_err() {
+            kick.cancel();
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn send_all(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    frames: impl Iterator<Item = Message>,
+) -> Result<(), warp::Error> {
+    for frame in frames {
+        sink.feed(frame).await?;
+    }
+    sink.flush().await
+}

@@ -1,0 +1,351 @@
+//! The gateway's link to the broker. One supervised connection carries three channels: a
+//! publisher channel in confirm mode, a consumer channel on the gateway's own exclusive
+//! queue (every event, fanned out to local clients), and a history channel that asks the
+//! archiver over direct reply-to. When the broker goes away the link reports unavailable
+//! (publishes fail fast with `unavailable`, `/healthz` says 503) and reconnects by itself,
+//! declaring its queue again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chat_core::broker::{event_properties, Supervisor};
+use chat_core::history::{HistoryReply, HistoryRequest};
+use chat_core::topology::Topology;
+use chat_core::Event;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::PublisherConfirm;
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use warp::ws::Message;
+
+use crate::protocol::event_frame;
+use crate::rooms::Rooms;
+
+/// RabbitMQ's pseudo-queue for direct reply-to.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Why a publish was not confirmed. Either way the client gets `unavailable`, never an ack.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker is not connected")]
+    NotConnected,
+    #[error("the broker refused the message: {0}")]
+    Failed(#[from] lapin::Error),
+    #[error("the broker did not confirm in time")]
+    Timeout,
+    #[error("the broker rejected the message")]
+    Nacked,
+}
+
+/// Why history could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("the broker is not connected")]
+    NotConnected,
+    #[error("cannot send the history request: {0}")]
+    Failed(#[from] lapin::Error),
+    #[error("the archive did not answer in time")]
+    Timeout,
+    #[error("the archive failed: {0}")]
+    Archive(String),
+}
+
+/// The live channels while connected.
+struct Session {
+    publisher: Channel,
+    history: Channel,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<HistoryReply>>>>,
+}
+
+/// A cheap handle to the broker link, shared by every connection.
+#[derive(Clone)]
+pub struct Link {
+    topology: Topology,
+    session: watch::Receiver<Option<Arc<Session>>>,
+    publish_timeout: Duration,
+    history_timeout: Duration,
+}
+
+/// A publish the broker has accepted for confirmation.
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    timeout: Duration,
+}
+
+impl PendingConfirm {
+    /// Waits for the broker's confirm.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        match tokio::time::timeout(self.timeout, self.confirm).await {
+            Err(_) => Err(PublishError::Timeout),
+            Ok(Err(err)) => Err(PublishError::Failed(err)),
+            Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
+            Ok(Ok(_)) => Err(PublishError::Nacked),
+        }
+    }
+}
+
+impl Link {
+    /// Whether the link is connected with its topology declared.
+    pub fn is_ready(&self) -> bool {
+        self.session.borrow().is_some()
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session.borrow().clone()
+    }
+
+    /// Sends an event to the exchange, persistent; returns once the broker has it queued
+    /// for confirmation, so that one client's messages keep their order. Await
+    /// [`PendingConfirm::confirmed`] before telling the client it is safe.
+    pub async fn publish(
+        &self,
+        event: &Event,
+        payload: &[u8],
+    ) -> Result<PendingConfirm, PublishError> {
+        let session = self.current().ok_or(PublishError::NotConnected)?;
+        let confirm = session
+            .publisher
+            .basic_publish(
+                self.topology.events_exchange().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                payload,
+                event_properties(event),
+            )
+            .await?;
+        Ok(PendingConfirm {
+            confirm,
+            timeout: self.publish_timeout,
+        })
+    }
+
+    /// Asks the archiver for a room's history over the broker.
+    pub async fn history(&self, request: &HistoryRequest) -> Result<HistoryReply, HistoryError> {
+        let session = self.current().ok_or(HistoryError::NotConnected)?;
+        let correlation_id = chat_core::event::new_id();
+        let (tx, rx) = oneshot::channel();
+        lock(&session.pending).insert(correlation_id.clone(), tx);
+        let body = serde_json::to_vec(request).expect("history requests serialise");
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_expiration(self.history_timeout.as_millis().to_string().into());
+        let sent = session
+            .history
+            .basic_publish(
+                "".into(),
+                self.topology.history_queue().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await;
+        let outcome = match sent {
+            Err(err) => Err(HistoryError::Failed(err)),
+            Ok(_) => match tokio::time::timeout(self.history_timeout, rx).await {
+                Ok(Ok(reply)) => match reply.error {
+                    Some(error) => Err(HistoryError::Archive(error)),
+                    None => Ok(reply),
+                },
+                Ok(Err(_)) => Err(HistoryError::NotConnected),
+                Err(_) => Err(HistoryError::Timeout),
+            },
+        };
+        lock(&session.pending).remove(&correlation_id);
+        outcome
+    }
+}
+
+/// Starts the link's supervisor task; it runs until `shutdown` is cancelled.
+pub fn start(
+    amqp_url: String,
+    topology: Topology,
+    rooms: Arc<Rooms>,
+    gateway_id: String,
+    prefetch: u16,
+    publish_timeout: Duration,
+    history_timeout: Duration,
+    shutdown: CancellationToken,
+) -> (Link, tokio::task::JoinHandle<()>) {
+    let (state, session) = watch::channel(None);
+    let link = Link {
+        topology: topology.clone(),
+        session,
+        publish_timeout,
+        history_timeout,
+    };
+    let task = tokio::spawn(async move {
+        let service = format!("gateway {gateway_id}");
+        let mut supervisor = Supervisor::new(&amqp_url, &service, shutdown.clone());
+        while let Some(connection) = supervisor.connect().await {
+            let outcome = run_session(
+                &connection,
+                &topology,
+                &rooms,
+                prefetch,
+                &state,
+                &mut supervisor,
+                &shutdown,
+            )
+            .await;
+            // Dropping the session fails every pending history request at once.
+            state.send_replace(None);
+            if !supervisor.ended(connection, outcome).await {
+                break;
+            }
+        }
+    });
+    (link, task)
+}
+
+async fn run_session(
+    connection: &Connection,
+    topology: &Topology,
+    rooms: &Rooms,
+    prefetch: u16,
+    state: &watch::Sender<Option<Arc<Session>>>,
+    supervisor: &mut Supervisor,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let publisher = connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")?;
+    topology
+        .declare_base(&publisher)
+        .await
+        .context("Failed to declare the exchanges")?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("Failed to enable publisher confirms")?;
+
+    let consumer_channel = connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")?;
+    let queue = topology
+        .declare_gateway_queue(&consumer_channel)
+        .await
+        .context("Failed to declare the gateway queue")?;
+    consumer_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .context("Failed to set the prefetch")?;
+    let mut events = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("Failed to consume the gateway queue")?;
+
+    let history = connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")?;
+    topology
+        .declare_history_queue(&history)
+        .await
+        .context("Failed to declare the history queue")?;
+    let mut replies = history
+        .basic_consume(
+            REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("Failed to consume direct replies")?;
+
+    let pending = Arc::new(Mutex::new(HashMap::new()));
+    state.send_replace(Some(Arc::new(Session {
+        publisher,
+        history,
+        pending: pending.clone(),
+    })));
+    supervisor.up();
+    tracing::info!(%queue, "gateway linked to the broker");
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            delivery = events.next() => match delivery {
+                Some(delivery) => deliver(rooms, delivery.context("Delivery failed")?).await?,
+                None => bail!("the broker cancelled the gateway's consumer"),
+            },
+            reply = replies.next() => match reply {
+                Some(reply) => answer(&pending, reply.context("Reply failed")?),
+                None => bail!("the broker cancelled the reply consumer"),
+            },
+        }
+    }
+}
+
+/// Fans one delivery out to the room's local members, then acks it. Garbage is rejected
+/// without requeue, which dead-letters it.
+async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<()> {
+    match Event::decode(&delivery.data) {
+        Ok(event) => {
+            let frame = Message::text(event_frame(&event));
+            let id: Arc<str> = Arc::from(event.id.as_str());
+            rooms.fanout(&event.room, &id, &frame);
+            if !delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .context("Failed to ack")?
+            {
+                bail!("the channel was lost before a delivery could be acked");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, bytes = delivery.data.len(), "dead-lettering a delivery that is not a valid event");
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .context("Failed to reject an invalid delivery")?;
+        }
+    }
+    Ok(())
+}
+
+/// Hands a direct reply to the request waiting for it.
+fn answer(pending: &Mutex<HashMap<String, oneshot::Sender<HistoryReply>>>, reply: Delivery) {
+    let Some(id) = reply
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|s| s.to_string())
+    else {
+        return;
+    };
+    let Some(waiter) = lock(pending).remove(&id) else {
+        return; // the request timed out already
+    };
+    match serde_json::from_slice::<HistoryReply>(&reply.data) {
+        Ok(reply) => {
+            let _ = waiter.send(reply);
+        }
+        Err(err) => tracing::warn!(error = %err, "ignoring a malformed history reply"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,305 @@
+//! The client protocol on `/ws` (docs/protocol.md): parsing and validating client frames
+//! into commands, and encoding server frames. Every way a frame can be wrong maps to one
+//! machine-readable error code; nothing here panics on any input.
+
+use chat_core::normalize::{self, Limits};
+use chat_core::Event;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Longest `ref` a client may attach to a request.
+const MAX_REF: usize = 64;
+/// Longest `since` event id.
+const MAX_SINCE: usize = 64;
+
+/// A valid client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Enter a room (again), optionally catching up after `since`.
+    Join {
+        room: String,
+        name: String,
+        since: Option<String>,
+        r#ref: Option<String>,
+    },
+    /// Say something in a joined room.
+    Say {
+        room: String,
+        text: String,
+        r#ref: Option<String>,
+    },
+    /// Leave a joined room.
+    Leave { room: String, r#ref: Option<String> },
+}
+
+/// A refused client frame: what to put in the `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The request's `ref`, when it could be read.
+    pub r#ref: Option<String>,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(r#ref: Option<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            r#ref,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses and validates one text frame.
+pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
+    if frame.len() > limits.max_frame {
+        return Err(Rejection::new(
+            None,
+            "too_large",
+            format!("frames are limited to {} bytes", limits.max_frame),
+        ));
+    }
+    let value: Value = serde_json::from_str(frame)
+        .map_err(|e| Rejection::new(None, "invalid_json", format!("not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(Rejection::new(
+            None,
+            "invalid_json",
+            "a frame must be a JSON object",
+        ));
+    };
+    let r#ref = optional_string(&fields, "ref", MAX_REF, None)?;
+    let fields = Fields {
+        map: &fields,
+        r#ref: &r#ref,
+    };
+    let kind = fields.required("type")?;
+    match kind {
+        "join" => {
+            let room = fields.room()?;
+            let name = normalize::name(fields.required("name")?, limits)
+                .map_err(|e| fields.reject("invalid_name", e.to_string()))?;
+            let since = optional_string(fields.map, "since", MAX_SINCE, r#ref.as_ref())?;
+            Ok(Command::Join {
+                room,
+                name,
+                since,
+                r#ref,
+            })
+        }
+        "say" => {
+            let room = fields.room()?;
+            let text = normalize::text(fields.required("text")?, limits)
+                .map_err(|e| fields.reject("invalid_text", e.to_string()))?;
+            Ok(Command::Say { room, text, r#ref })
+        }
+        "leave" => Ok(Command::Leave {
+            room: fields.room()?,
+            r#ref,
+        }),
+        other => Err(fields.reject(
+            "unknown_type",
+            format!("unknown type {other:?}; expected join, say or leave"),
+        )),
+    }
+}
+
+/// The frame's fields with its `ref`, so every error can carry the ref.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    r#ref: &'a Option<String>,
+}
+
+impl<'a> Fields<'a> {
+    fn reject(&self, code: &'static str, message: impl Into<String>) -> Rejection {
+        Rejection::new(self.r#ref.clone(), code, message)
+    }
+
+    fn required(&self, key: &str) -> Result<&'a str, Rejection> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => {
+                Err(self.reject("missing_field", format!("missing field {key:?}")))
+            }
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(self.reject("invalid_field", format!("field {key:?} must be a string"))),
+        }
+    }
+
+    fn room(&self) -> Result<String, Rejection> {
+        let room = self.required("room")?;
+        normalize::room(room)
+            .map(str::to_owned)
+            .map_err(|e| self.reject("invalid_room", e.to_string()))
+    }
+}
+
+fn optional_string(
+    map: &Map<String, Value>,
+    key: &str,
+    max: usize,
+    r#ref: Option<&String>,
+) -> Result<Option<String>, Rejection> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(Rejection::new(
+            r#ref.cloned(),
+            "invalid_field",
+            format!("field {key:?} must be a string of 1 to {max} characters"),
+        )),
+    }
+}
+
+/// A frame the gateway sends; `event` frames are built by [`event_frame`] instead, once per
+/// event for all its recipients.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    /// First frame on every connection.
+    Hello {
+        gateway: &'a str,
+        limits: LimitsView,
+    },
+    /// Answer to `join`: the room's history, oldest first.
+    Joined {
+        room: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        history: &'a [Event],
+    },
+    /// The broker confirmed a `say`; `id` is the event's id.
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        id: &'a str,
+    },
+    /// Answer to `leave`.
+    Left {
+        room: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// A request failed; the connection stays usable.
+    Error {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+/// The limits a client should respect, announced in `hello`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LimitsView {
+    pub max_text: usize,
+    pub max_name: usize,
+    pub max_frame: usize,
+}
+
+impl ServerFrame<'_> {
+    /// The JSON text of the frame.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+}
+
+/// `{"type":"event","event":<event>}`, encoded once and shared by every recipient.
+pub fn event_frame(event: &Event) -> String {
+    let event = event.to_json();
+    let mut frame = String::with_capacity(event.len() + 26);
+    frame.push_str(r#"{"type":"event","event":"#);
+    frame.push_str(&event);
+    frame.push('}');
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_default(frame: &str) -> Result<Command, Rejection> {
+        parse(frame, &Limits::default())
+    }
+
+    fn code(frame: &str) -> &'static str {
+        parse_default(frame).unwrap_err().code
+    }
+
+    #[test]
+    fn valid_frames_become_commands() {
+        assert_eq!(
+            parse_default(r#"{"type":"join","room":"lobby","name":" alice ","ref":"j1"}"#),
+            Ok(Command::Join {
+                room: "lobby".into(),
+                name: "alice".into(),
+                since: None,
+                r#ref: Some("j1".into())
+            })
+        );
+        assert_eq!(
+            parse_default(r#"{"type":"say","room":"lobby","text":"hi\r\nthere"}"#),
+            Ok(Command::Say {
+                room: "lobby".into(),
+                text: "hi\nthere".into(),
+                r#ref: None
+            })
+        );
+        assert!(matches!(
+            parse_default(r#"{"type":"leave","room":"lobby"}"#),
+            Ok(Command::Leave { .. })
+        ));
+    }
+
+    #[test]
+    fn each_kind_of_bad_frame_has_its_own_code() {
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code("[1,2]"), "invalid_json");
+        assert_eq!(code(r#"{"room":"lobby"}"#), "missing_field");
+        assert_eq!(code(r#"{"type":7}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"shout"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"say","text":"x"}"#), "missing_field");
+        assert_eq!(
+            code(r#"{"type":"say","room":"a b","text":"x"}"#),
+            "invalid_room"
+        );
+        assert_eq!(
+            code(r#"{"type":"join","room":"lobby","name":""}"#),
+            "invalid_name"
+        );
+        assert_eq!(
+            code(r#"{"type":"say","room":"lobby","text":"  "}"#),
+            "invalid_text"
+        );
+        assert_eq!(
+            code(r#"{"type":"say","room":"lobby","text":"x","ref":5}"#),
+            "invalid_field"
+        );
+        let big = format!(
+            r#"{{"type":"say","room":"lobby","text":"{}"}}"#,
+            "a".repeat(17_000)
+        );
+        assert_eq!(code(&big), "too_large");
+    }
+
+    #[test]
+    fn errors_carry_the_requests_ref() {
+        let err =
+            parse_default(r#"{"type":"say","room":"lobby","text":"","ref":"c-1"}"#).unwrap_err();
+        assert_eq!(err.r#ref.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn the_event_frame_wraps_the_event_json() {
+        let event = Event::new(chat_core::EventKind::Join, "lobby", "a", None, "gw");
+        let frame: Value = serde_json::from_str(&event_frame(&event)).unwrap();
+        assert_eq!(frame["type"], "event");
+        assert_eq!(frame["event"]["id"], event.id.as_str());
+    }
+}

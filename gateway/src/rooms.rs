@@ -1,0 +1,116 @@
+//! Which local clients are in which room, and the fanout of one event to them. The map is
+//! behind a std `RwLock` that is never held across an `.await`: fanout takes the read lock,
+//! `try_send`s the shared frame to each member and returns, so a slow client can never
+//! stall the consumer or other clients; a client whose queue is full is told to go (it
+//! resumes with `since`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use warp::ws::Message;
+
+/// Identifies one websocket connection within this gateway.
+pub type ConnId = u64;
+
+/// What a connection's writer receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to send as is (acks, errors, hello, left).
+    Frame(Message),
+    /// The client is (re)joining `room`: buffer its events until the history is sent.
+    Joining { room: Arc<str> },
+    /// The history of a joining room is ready; send `frame` (the `joined` frame, possibly
+    /// preceded by `error`), then the buffered events not already in it.
+    Joined {
+        room: Arc<str>,
+        frames: Vec<Message>,
+        history_ids: Vec<String>,
+    },
+    /// The client left `room`; stop forwarding its events and send `frame`.
+    Left {
+        room: Arc<str>,
+        frame: Option<Message>,
+    },
+    /// A live event of `room`, encoded once for all recipients.
+    Event {
+        room: Arc<str>,
+        id: Arc<str>,
+        frame: Message,
+    },
+    /// Close the websocket with this code and reason.
+    Close { code: u16, reason: &'static str },
+}
+
+/// A member's way in: its queue, and a token that disconnects it when the queue is full.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub outbox: mpsc::Sender<Outbound>,
+    pub kick: CancellationToken,
+}
+
+/// The room registry of one gateway.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: RwLock<HashMap<Arc<str>, HashMap<ConnId, Member>>>,
+    next_conn: AtomicU64,
+}
+
+impl Rooms {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a connection to a room; returns the room's shared name.
+    pub fn join(&self, room: &str, conn: ConnId, member: Member) -> Arc<str> {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let name = match rooms.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(room),
+        };
+        rooms.entry(name.clone()).or_default().insert(conn, member);
+        name
+    }
+
+    /// Removes a connection from a room; the room disappears with its last member.
+    pub fn leave(&self, room: &str, conn: ConnId) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&conn);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// Sends one event to every member of its room; returns how many got it. Members whose
+    /// queue is full are kicked: better a clean reconnect with `since` than a silent gap.
+    pub fn fanout(&self, room: &str, id: &Arc<str>, frame: &Message) -> usize {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let Some((name, members)) = rooms.get_key_value(room) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for member in members.values() {
+            let out = Outbound::Event {
+                room: name.clone(),
+                id: id.clone(),
+                frame: frame.clone(),
+            };
+            match member.outbox.try_send(out) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => member.kick.cancel(),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// How many rooms have local members.
+    pub fn room_count(&self) -> usize {
+        self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
