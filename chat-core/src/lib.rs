@@ -11,6 +11,8 @@ pub mod normalize;
 pub mod shutdown;
 pub mod subscriber;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod topology;
 
 pub use event::{Event, EventKind};

@@ -1,0 +1,409 @@
+//! The chat system end to end, in-process, against the real RabbitMQ and SQLite: gateways,
+//! logger and archiver talking only through the broker.
+
+mod support;
+
+use chat_core::testkit::{eventually, http_get, unique_prefix, Broker};
+use chat_core::{Event, EventKind};
+use serde_json::{json, Value};
+use support::{start_archiver, start_gateway, start_logger, Client, WAIT};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_message_said_on_one_gateway_reaches_a_client_of_another_gateway() {
+    let prefix = unique_prefix("cross");
+    let broker = Broker::connect(&prefix).await;
+    let one = start_gateway(&prefix, &["--gateway-id", "gw-one"]).await;
+    let two = start_gateway(&prefix, &["--gateway-id", "gw-two"]).await;
+    let mut alice = Client::connect(&one).await;
+    let mut bob = Client::connect(&two).await;
+    assert_eq!(
+        (alice.gateway.as_str(), bob.gateway.as_str()),
+        ("gw-one", "gw-two")
+    );
+
+    alice.join("lobby", "alice").await;
+    bob.join("lobby", "bob").await;
+    let ack = alice.say("lobby", "hello from one", "c-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    let event = bob.event("lobby", "message").await;
+    assert_eq!(event["text"], "hello from one");
+    assert_eq!(event["user"], "alice");
+    assert_eq!(event["gateway"], "gw-one");
+    assert_eq!(event["id"], ack["id"]);
+    // The sender sees its own message as an event too, with the same id.
+    assert_eq!(alice.event("lobby", "message").await["id"], ack["id"]);
+
+    one.stop().await;
+    two.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_say_is_acked_with_the_id_of_the_event_it_published() {
+    let prefix = unique_prefix("ack");
+    let broker = Broker::connect(&prefix).await;
+    // A queue of our own on the exchange shows exactly what the gateway published.
+    let channel = broker.connection.create_channel().await.unwrap();
+    broker
+        .topology
+        .declare_subscriber_queue(&channel, "spy")
+        .await
+        .unwrap();
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+
+    let ack = alice.say("lobby", "confirmed?", "c-17").await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["ref"], "c-17");
+    let id = ack["id"].as_str().unwrap();
+
+    let published: Vec<Event> = broker
+        .drain(&broker.topology.subscriber_queue("spy"))
+        .await
+        .iter()
+        .map(|body| Event::decode(body).unwrap())
+        .collect();
+    let message = published
+        .iter()
+        .find(|e| e.kind == EventKind::Message)
+        .unwrap();
+    assert_eq!(message.id, id);
+    assert_eq!(message.text.as_deref(), Some("confirmed?"));
+    assert!(published
+        .iter()
+        .any(|e| e.kind == EventKind::Join && e.user == "alice"));
+
+    gateway.stop().await;
+    let _ = channel
+        .queue_delete(
+            broker.topology.subscriber_queue("spy").into(),
+            Default::default(),
+        )
+        .await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_logger_writes_one_line_per_event_to_its_file() {
+    let prefix = unique_prefix("log");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("logs").join("chat.log");
+    let logger = start_logger(&prefix, &file).await;
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+    alice.say("lobby", "first line\nsecond line", "c-1").await;
+    alice.send(json!({"type": "leave", "room": "lobby"})).await;
+    alice.recv_until(|f| f["type"] == "left").await;
+
+    let log = eventually(WAIT, "three lines in the log", || {
+        let file = file.clone();
+        async move {
+            let log = tokio::fs::read_to_string(&file).await.ok()?;
+            (log.lines().count() >= 3).then_some(log)
+        }
+    })
+    .await;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].ends_with(" #lobby * alice joined"), "{log}");
+    assert!(
+        lines[1].ends_with(r" #lobby <alice> first line\nsecond line"),
+        "{log}"
+    );
+    assert!(lines[2].ends_with(" #lobby * alice left"), "{log}");
+    assert!(
+        lines[0].starts_with("20") && lines[0].as_bytes()[23] == b'Z',
+        "{log}"
+    );
+
+    gateway.stop().await;
+    logger.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_joining_a_room_gets_its_recent_history_oldest_first() {
+    let prefix = unique_prefix("history");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let one = start_gateway(&prefix, &[]).await;
+    let two = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&one).await;
+    alice.join("lobby", "alice").await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            alice
+                .say("lobby", &format!("message {n}"), &format!("c-{n}"))
+                .await["id"]
+                .clone(),
+        );
+    }
+    // Another room's events stay out of this room's history.
+    alice.join("other", "alice").await;
+    alice.say("other", "elsewhere", "c-x").await;
+    let last = ids.last().unwrap().as_str().unwrap().to_owned();
+    eventually(WAIT, "the last message archived", || {
+        let addr = archiver.addr();
+        let last = last.clone();
+        async move {
+            let (_, body) = http_get(addr, "/api/rooms/lobby/events?limit=100").await;
+            body.contains(&last).then_some(())
+        }
+    })
+    .await;
+
+    let mut bob = Client::connect(&two).await;
+    let joined = bob.join("lobby", "bob").await;
+    let history = joined["history"].as_array().unwrap();
+    let texts: Vec<&str> = history.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "message 0",
+            "message 1",
+            "message 2",
+            "message 3",
+            "message 4"
+        ]
+    );
+    assert_eq!(history[0]["type"], "join");
+    assert!(history.iter().all(|e| e["room"] == "lobby"));
+    let history_ids: Vec<&Value> = history
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .map(|e| &e["id"])
+        .collect();
+    assert_eq!(history_ids, ids.iter().collect::<Vec<_>>());
+
+    one.stop().await;
+    two.stop().await;
+    archiver.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_error_and_the_connection_stays_usable() {
+    let prefix = unique_prefix("bad");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &["--max-text", "100", "--max-frame", "2048"]).await;
+    let mut client = Client::connect(&gateway).await;
+    let long_name = "n".repeat(33);
+    let long_room = "r".repeat(65);
+    let long_text = "t".repeat(101);
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "invalid_json"),
+        ("[]".into(), "invalid_json"),
+        (json!({"room": "lobby"}).to_string(), "missing_field"),
+        (json!({"type": "dance"}).to_string(), "unknown_type"),
+        (
+            json!({"type": "join", "name": "a"}).to_string(),
+            "missing_field",
+        ),
+        (
+            json!({"type": "join", "room": "lobby"}).to_string(),
+            "missing_field",
+        ),
+        (
+            json!({"type": "join", "room": 5, "name": "a"}).to_string(),
+            "invalid_field",
+        ),
+        (
+            json!({"type": "join", "room": "no spaces", "name": "a"}).to_string(),
+            "invalid_room",
+        ),
+        (
+            json!({"type": "join", "room": long_room, "name": "a"}).to_string(),
+            "invalid_room",
+        ),
+        (
+            json!({"type": "join", "room": "lobby", "name": ""}).to_string(),
+            "invalid_name",
+        ),
+        (
+            json!({"type": "join", "room": "lobby", "name": long_name}).to_string(),
+            "invalid_name",
+        ),
+        (
+            json!({"type": "say", "room": "lobby", "text": "hi"}).to_string(),
+            "not_joined",
+        ),
+        (
+            json!({"type": "leave", "room": "lobby"}).to_string(),
+            "not_joined",
+        ),
+        (
+            json!({"type": "say", "room": "lobby", "text": ""}).to_string(),
+            "invalid_text",
+        ),
+        (
+            json!({"type": "say", "room": "lobby", "text": long_text}).to_string(),
+            "invalid_text",
+        ),
+        (
+            json!({"type": "say", "room": "lobby", "text": "x".repeat(3000)}).to_string(),
+            "too_large",
+        ),
+    ];
+    for (frame, code) in &cases {
+        client.send_text(frame).await;
+        let error = client.recv().await;
+        assert_eq!(error["type"], "error", "{frame} -> {error}");
+        assert_eq!(error["code"], *code, "{frame} -> {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    client.send_message(Message::binary(vec![1, 2, 3])).await;
+    assert_eq!(client.recv().await["code"], "unsupported_frame");
+    // Errors carry the request's ref.
+    client
+        .send(json!({"type": "say", "room": "lobby", "text": "hi", "ref": "r-9"}))
+        .await;
+    assert_eq!(client.recv().await["ref"], "r-9");
+
+    // After all that, the same connection still chats.
+    client.join("lobby", "alice").await;
+    let ack = client.say("lobby", "still here", "c-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_garbage_message_on_the_exchange_is_dead_lettered_and_the_flow_goes_on() {
+    let prefix = unique_prefix("garbage");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let logger = start_logger(&prefix, &dir.path().join("chat.log")).await;
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+
+    let garbage = b"{\"this is\": \"not an event\"}";
+    broker.publish_raw(garbage, Default::default()).await;
+    broker
+        .publish_raw(b"\xff\xfe binary junk", Default::default())
+        .await;
+    let ack = alice.say("lobby", "after the garbage", "c-1").await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(
+        alice.event("lobby", "message").await["text"],
+        "after the garbage"
+    );
+
+    // Every consumer (gateway, logger, archiver) dead-letters its copy of each.
+    let dead = broker.topology.dead_queue();
+    let dead_letters = eventually(WAIT, "six dead letters", || {
+        let (broker, dead) = (&broker, &dead);
+        async move {
+            let depth = broker.depth(dead).await;
+            (depth >= 6).then_some(depth)
+        }
+    })
+    .await;
+    assert_eq!(dead_letters, 6);
+    let bodies = broker.drain(&dead).await;
+    assert_eq!(bodies.iter().filter(|b| b.as_slice() == garbage).count(), 3);
+
+    // And the valid message behind the garbage was archived.
+    let id = ack["id"].as_str().unwrap().to_owned();
+    eventually(WAIT, "the message archived", || {
+        let (addr, id) = (archiver.addr(), id.clone());
+        async move {
+            http_get(addr, "/api/rooms/lobby/events")
+                .await
+                .1
+                .contains(&id)
+                .then_some(())
+        }
+    })
+    .await;
+
+    gateway.stop().await;
+    logger.stop().await;
+    archiver.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_published_while_the_archiver_is_stopped_is_archived_after_it_restarts() {
+    let prefix = unique_prefix("restart");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("archive.db");
+    // The first run declares the durable queue; then the archiver goes away.
+    start_archiver(&prefix, &db).await.stop().await;
+
+    let gateway = start_gateway(&prefix, &["--history-timeout-ms", "300"]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+    let ack = alice.say("lobby", "while you were out", "c-1").await;
+    assert_eq!(ack["type"], "ack");
+    let queue = broker.topology.subscriber_queue("archiver");
+    assert_eq!(
+        broker.depth(&queue).await,
+        2,
+        "join and message wait in the archiver's queue"
+    );
+
+    let archiver = start_archiver(&prefix, &db).await;
+    let id = ack["id"].as_str().unwrap().to_owned();
+    let body = eventually(WAIT, "the message archived", || {
+        let (addr, id) = (archiver.addr(), id.clone());
+        async move {
+            let (_, body) = http_get(addr, "/api/rooms/lobby/events").await;
+            body.contains(&id).then_some(body)
+        }
+    })
+    .await;
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["events"][1]["text"], "while you were out");
+
+    gateway.stop().await;
+    archiver.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_health_probe_and_the_page_are_served() {
+    let prefix = unique_prefix("http");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &["--gateway-id", "gw-h"]).await;
+    let (status, body) = http_get(gateway.addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["gateway"],
+        "gw-h"
+    );
+    let (status, page) = http_get(gateway.addr(), "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<script src=\"/app.js\""),
+        "the page loads its script from a file"
+    );
+    assert!(!page.contains("<script>"), "no inline script");
+    assert_eq!(http_get(gateway.addr(), "/app.js").await.0, 200);
+    assert_eq!(http_get(gateway.addr(), "/nope").await.0, 404);
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn stopping_a_gateway_closes_its_clients_with_service_restart() {
+    let prefix = unique_prefix("close");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+    let stopping = tokio::spawn(gateway.stop());
+    assert_eq!(alice.closed_with().await, 1012);
+    stopping.await.unwrap();
+    broker.cleanup().await;
+}
