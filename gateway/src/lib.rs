@@ -61,13 +61,10 @@ pub async fn run(
     let rooms = Arc::new(rooms::Rooms::default());
     let link_shutdown = CancellationToken::new();
     let (link, link_task) = link::start(
-        config.broker.amqp_url.clone(),
+        &config,
         topology,
         rooms.clone(),
         gateway_id.clone(),
-        config.prefetch,
-        config.publish_timeout(),
-        config.history_timeout(),
         link_shutdown.clone(),
     );
     let state = Arc::new(State {

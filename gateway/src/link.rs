@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
 
+use crate::config::Config;
 use crate::protocol::event_frame;
 use crate::rooms::Rooms;
 
@@ -168,22 +169,21 @@ impl Link {
 
 /// Starts the link's supervisor task; it runs until `shutdown` is cancelled.
 pub fn start(
-    amqp_url: String,
+    config: &Config,
     topology: Topology,
     rooms: Arc<Rooms>,
     gateway_id: String,
-    prefetch: u16,
-    publish_timeout: Duration,
-    history_timeout: Duration,
     shutdown: CancellationToken,
 ) -> (Link, tokio::task::JoinHandle<()>) {
     let (state, session) = watch::channel(None);
     let link = Link {
         topology: topology.clone(),
         session,
-        publish_timeout,
-        history_timeout,
+        publish_timeout: config.publish_timeout(),
+        history_timeout: config.history_timeout(),
     };
+    let amqp_url = config.broker.amqp_url.clone();
+    let prefetch = config.prefetch;
     let task = tokio::spawn(async move {
         let service = format!("gateway {gateway_id}");
         let mut supervisor = Supervisor::new(&amqp_url, &service, shutdown.clone());
