@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The browser end-to-end test: starts an archiver, a logger and two gateways on free ports
+# with a prefix of their own, then drives two Chromium pages on the two gateways with
+# e2e/chat.mjs (Playwright's playwright-core, Debian's chromium). Installs chromium and the
+# npm package when missing. Screenshots land in e2e/screenshots/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+if [[ ! -x /usr/bin/chromium ]]; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "chromium is missing: run 'sudo apt-get install chromium'" >&2
+    exit 1
+  fi
+  step "installing chromium (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if [[ ! -d e2e/node_modules/playwright-core ]]; then
+  step "installing playwright-core (npm)"
+  (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+step "building the services"
+cargo build --locked --bins
+BIN="$(pwd)/target/debug"
+
+work=$(mktemp -d)
+# A fixed prefix: the run deletes its queues at the end, so nothing piles up on the broker.
+export CHAT_PREFIX="e2e"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait "${pids[@]}" 2>/dev/null || true
+  # Remove the run's durable queues and exchanges so the broker is left as found.
+  if command -v rabbitmqctl >/dev/null 2>&1; then
+    for q in logger archiver dead history; do rabbitmqctl -q delete_queue "$CHAT_PREFIX.$q" >/dev/null 2>&1 || true; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+archiver_port=$(free_port); gw1=$(free_port); gw2=$(free_port)
+
+step "starting the services (prefix $CHAT_PREFIX)"
+ARCHIVER_LISTEN=127.0.0.1:$archiver_port DATABASE_URL="sqlite://$work/archive.db" "$BIN/archiver" >"$work/archiver.log" 2>&1 & pids+=($!)
+LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
+GATEWAY_LISTEN=127.0.0.1:$gw1 GATEWAY_ID=gw-e2e-1 "$BIN/gateway" >"$work/gw1.log" 2>&1 & pids+=($!)
+GATEWAY_LISTEN=127.0.0.1:$gw2 GATEWAY_ID=gw-e2e-2 "$BIN/gateway" >"$work/gw2.log" 2>&1 & pids+=($!)
+for port in $archiver_port $gw1 $gw2; do wait_port "$port" 30; done
+
+step "browser end-to-end test (headless Chromium)"
+if ! node e2e/chat.mjs "http://127.0.0.1:$gw1" "http://127.0.0.1:$gw2"; then
+  echo "--- service logs ---" >&2
+  tail -n 30 "$work"/*.log >&2
+  exit 1
+fi

@@ -1,0 +1,51 @@
+# Shared shell helpers for the run, test and CI scripts. Source it; do not run it.
+
+# Prints a step heading.
+step() { printf '\n==> %s\n' "$*"; }
+
+# Whether something listens on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Waits up to $2 seconds for 127.0.0.1:$1 to accept connections.
+wait_port() {
+  local port=$1 limit=${2:-60} waited=0
+  until port_open "$port"; do
+    if (( waited >= limit * 5 )); then
+      echo "nothing listens on 127.0.0.1:$port after ${limit}s" >&2
+      return 1
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+}
+
+# Makes sure a RabbitMQ broker answers on 127.0.0.1:5672: installs Debian's rabbitmq-server
+# when it is missing and we are root, starts it when it is not running. When AMQP_URL points
+# at another host, that broker is the caller's business and nothing is done here.
+ensure_rabbitmq() {
+  if [[ -n "${AMQP_URL:-}" && "${AMQP_URL}" != *"127.0.0.1"* && "${AMQP_URL}" != *"localhost"* ]]; then
+    return 0
+  fi
+  if port_open 5672; then
+    return 0
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "RabbitMQ is not installed: run 'sudo apt-get install rabbitmq-server' and try again" >&2
+      return 1
+    fi
+    step "installing RabbitMQ (Debian package rabbitmq-server)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  step "starting RabbitMQ"
+  PATH="$PATH:/usr/sbin" rabbitmq-server -detached
+  wait_port 5672 120
+}
+
+# Builds the three binaries in release mode and sets BIN to their directory.
+build_release() {
+  step "building (cargo build --release)"
+  cargo build --release --locked --bins
+  BIN="$(pwd)/target/release"
+}
