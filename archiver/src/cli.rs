@@ -47,7 +47,7 @@ pub async fn print_history(
     before: Option<&str>,
 ) -> anyhow::Result<()> {
     normalize::room(room)?;
-    let store = Store::open(database_url).await?;
+    let store = Store::open_existing(database_url).await?;
     let events = store.page(room, limit, before).await?;
     for event in &events {
         println!("{}", logline::format(event));

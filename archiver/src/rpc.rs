@@ -6,17 +6,25 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chat_core::broker::Supervisor;
+use chat_core::event::id_time;
 use chat_core::history::{HistoryReply, HistoryRequest, MAX_HISTORY};
 use chat_core::normalize;
 use chat_core::subscriber::Readiness;
 use chat_core::topology::Topology;
+use chat_core::Event;
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::{BasicProperties, Channel, Connection};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{LookupError, Store};
+
+/// How long a `since` that is unknown but recent may wait for the archive to catch up;
+/// well under the gateways' history timeout.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(1500);
 
 /// Answers history requests until `shutdown` is cancelled, reconnecting as needed.
 pub async fn run(
@@ -82,45 +90,90 @@ async fn serve(
                 None => anyhow::bail!("the broker cancelled the history consumer"),
             },
         };
-        let reply_to = delivery.properties.reply_to().clone();
-        let correlation_id = delivery.properties.correlation_id().clone();
-        if let Some(reply_to) = reply_to {
-            let reply = match serde_json::from_slice::<HistoryRequest>(&delivery.data) {
-                Ok(request) => answer(store, &request).await,
-                Err(err) => HistoryReply {
-                    events: Vec::new(),
-                    since_error: None,
-                    error: Some(format!("invalid history request: {err}")),
-                },
-            };
-            let mut properties =
-                BasicProperties::default().with_content_type("application/json".into());
-            if let Some(id) = correlation_id {
-                properties = properties.with_correlation_id(id);
+        // Requests are answered concurrently (at most the prefetch at once): one that waits
+        // for the archive to catch up must not hold up the others.
+        let (channel, store) = (channel.clone(), store.clone());
+        tokio::spawn(async move {
+            if let Err(err) = respond(&channel, &store, delivery).await {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot answer a history request"
+                );
             }
-            let body = serde_json::to_vec(&reply).context("Failed to encode a history reply")?;
-            channel
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await
-                .context("Failed to send a history reply")?;
-        } else {
-            tracing::warn!("dropping a history request without reply_to");
-        }
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .context("Failed to ack a history request")?;
+        });
     }
 }
 
-/// Answers one request from the archive; also used by the HTTP API's tests of the same
-/// semantics. A failed `since` falls back to the latest `limit` events, flagged.
+/// Answers one request to its `reply_to`, then acks it.
+async fn respond(channel: &Channel, store: &Store, delivery: Delivery) -> anyhow::Result<()> {
+    let reply_to = delivery.properties.reply_to().clone();
+    let correlation_id = delivery.properties.correlation_id().clone();
+    if let Some(reply_to) = reply_to {
+        let reply = match serde_json::from_slice::<HistoryRequest>(&delivery.data) {
+            Ok(request) => answer(store, &request).await,
+            Err(err) => HistoryReply {
+                events: Vec::new(),
+                since_error: None,
+                error: Some(format!("invalid history request: {err}")),
+            },
+        };
+        let mut properties =
+            BasicProperties::default().with_content_type("application/json".into());
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id);
+        }
+        let body = serde_json::to_vec(&reply).context("Failed to encode a history reply")?;
+        channel
+            .basic_publish(
+                "".into(),
+                reply_to,
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .context("Failed to send a history reply")?;
+    } else {
+        tracing::warn!("dropping a history request without reply_to");
+    }
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .context("Failed to ack a history request")?;
+    Ok(())
+}
+
+/// Events after `since`. A client may have seen an event live that the archive has not
+/// stored yet (the archiver lags the exchange a little): if `since` is unknown but its id
+/// says it was made moments ago, wait for the archive to catch up rather than wrongly
+/// declare a gap.
+async fn since_catching_up(
+    store: &Store,
+    room: &str,
+    since: &str,
+) -> Result<Vec<Event>, LookupError> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        match store.since(room, since, MAX_HISTORY).await {
+            Err(LookupError::UnknownEvent(..))
+                if is_recent(since) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_recent(id: &str) -> bool {
+    id_time(id).is_some_and(|at| {
+        let age = chrono::Utc::now() - at;
+        age < chrono::TimeDelta::seconds(10) && age > chrono::TimeDelta::seconds(-10)
+    })
+}
+
+/// Answers one request from the archive. A failed `since` falls back to the latest `limit`
+/// events, flagged with `since_error`.
 pub async fn answer(store: &Store, request: &HistoryRequest) -> HistoryReply {
     let failed = |error: String| HistoryReply {
         events: Vec::new(),
@@ -133,7 +186,7 @@ pub async fn answer(store: &Store, request: &HistoryRequest) -> HistoryReply {
     let limit = request.limit.clamp(1, MAX_HISTORY);
     let mut since_error = None;
     if let Some(since) = &request.since {
-        match store.since(&request.room, since, MAX_HISTORY).await {
+        match since_catching_up(store, &request.room, since).await {
             Ok(events) => {
                 return HistoryReply {
                     events,

@@ -52,13 +52,26 @@ const EVENT_COLUMNS: &str = "id, type, room, user, text, at, gateway";
 impl Store {
     /// Opens (creating it and its directory if missing) and migrates the archive.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, true).await
+    }
+
+    /// Opens an archive that must exist already (the command-line tools: a mistyped path
+    /// is an error, not a new empty archive).
+    pub async fn open_existing(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("Invalid DATABASE_URL {url:?}"))?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         let path = options.get_filename().to_owned();
+        if !create && !path.exists() {
+            anyhow::bail!("no archive at {} (check DATABASE_URL)", path.display());
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("Failed to create {}", dir.display()))?;

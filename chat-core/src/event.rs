@@ -182,6 +182,14 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// When an id made by [`new_id`] was created (UUIDv7 carries its millisecond timestamp);
+/// `None` for ids of other shapes.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
 /// The current time truncated to milliseconds, the precision of the wire format.
 pub fn now_millis() -> DateTime<Utc> {
     let now = Utc::now();
@@ -270,6 +278,14 @@ mod tests {
         for case in cases {
             assert!(Event::decode(case.as_bytes()).is_err(), "accepted {case}");
         }
+    }
+
+    #[test]
+    fn an_ids_creation_time_can_be_read_back() {
+        let before = now_millis();
+        let at = id_time(&new_id()).unwrap();
+        assert!(at >= before && at <= now_millis());
+        assert_eq!(id_time("not-a-uuid"), None);
     }
 
     #[test]

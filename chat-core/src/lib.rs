@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod dedupe;
 pub mod event;
 pub mod history;
 pub mod logline;

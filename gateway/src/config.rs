@@ -44,12 +44,55 @@ pub struct Config {
     /// Frames queued for one client before it is disconnected as too slow.
     #[arg(long, env = "CLIENT_QUEUE", default_value_t = 1024)]
     pub client_queue: usize,
+    /// Frames per second one client may send (a token bucket refilled at this rate).
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 20)]
+    pub rate_limit: u32,
+    /// Burst of frames a client may send at once; as many refusals in a row disconnect it.
+    #[arg(long, env = "RATE_BURST", default_value_t = 40)]
+    pub rate_burst: u32,
+    /// Most websocket connections this gateway holds; more get HTTP 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Origins allowed to open the websocket, comma-separated (e.g.
+    /// `https://chat.example.com`). The gateway's own origin and localhost are always allowed;
+    /// `*` allows any. Requests without an `Origin` header (non-browser clients) are allowed.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Most unacked deliveries from the gateway's queue (AMQP prefetch).
     #[arg(long, env = "GATEWAY_PREFETCH", default_value_t = 1024)]
     pub prefetch: u16,
 }
 
+/// The largest `MAX_NAME` and `MAX_TEXT` that every consumer accepts (see
+/// `Event::validate`): a gateway configured above them would ack messages that every
+/// consumer then dead-letters.
+const CONSUMER_MAX_NAME: usize = 128;
+const CONSUMER_MAX_TEXT: usize = 64 * 1024;
+
 impl Config {
+    /// Refuses settings that would break promises, with a message naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=CONSUMER_MAX_NAME).contains(&self.max_name),
+            "MAX_NAME must be 1 to {CONSUMER_MAX_NAME}"
+        );
+        anyhow::ensure!(
+            (1..=CONSUMER_MAX_TEXT).contains(&self.max_text),
+            "MAX_TEXT must be 1 to {CONSUMER_MAX_TEXT}"
+        );
+        anyhow::ensure!(
+            self.max_frame >= 256,
+            "MAX_FRAME must be at least 256 bytes"
+        );
+        anyhow::ensure!(self.client_queue >= 16, "CLIENT_QUEUE must be at least 16");
+        anyhow::ensure!(
+            self.history_limit <= chat_core::history::MAX_HISTORY,
+            "HISTORY_LIMIT must be at most {}",
+            chat_core::history::MAX_HISTORY
+        );
+        Ok(())
+    }
+
     /// The validation limits for client input.
     pub fn limits(&self) -> Limits {
         Limits {

@@ -16,13 +16,18 @@ use tokio_util::task::TaskTracker;
 use warp::ws::{Message, WebSocket};
 
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::rooms::{ConnId, Member, Outbound};
 use crate::State;
 
 /// Close code when the gateway shuts down: clients reconnect elsewhere.
 const CLOSE_RESTART: u16 = 1012;
+/// Close code for a client that kept flooding after `rate_limited` errors.
+const CLOSE_POLICY: u16 = 1008;
 /// Close code for a client whose queue overflowed; it may reconnect and resume.
 const CLOSE_SLOW: u16 = 4008;
+/// How long the final close frame may take to be queued before the socket is just dropped.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most live events buffered for a room while its history is fetched.
 const MAX_JOIN_BUFFER: usize = 10_000;
 
@@ -52,22 +57,46 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         })
         .await;
 
-    let close = loop {
+    let mut limiter = RateLimiter::new(state.config.rate_limit, state.config.rate_burst);
+    let (code, reason) = loop {
         let frame = tokio::select! {
-            _ = state.shutdown.cancelled() => break Some((CLOSE_RESTART, "service restart")),
-            _ = kick.cancelled() => break Some((CLOSE_SLOW, "too slow: resume with since")),
+            _ = state.shutdown.cancelled() => break (CLOSE_RESTART, "service restart"),
+            _ = kick.cancelled() => break (CLOSE_SLOW, "too slow: reconnect and resume with since"),
             frame = stream.next() => frame,
         };
         let message = match frame {
             Some(Ok(message)) => message,
             Some(Err(err)) => {
                 tracing::debug!(error = %err, "websocket read failed");
-                break None;
+                break (1000, "");
             }
-            None => break None,
+            None => break (1000, ""),
         };
         if message.is_close() {
-            break None;
+            break (1000, "");
+        }
+        if !(message.is_text() || message.is_binary()) {
+            continue; // pings are answered by the websocket layer; pongs need nothing
+        }
+        match limiter.check() {
+            Verdict::Allow => {}
+            Verdict::Limited => {
+                client
+                    .reject(Rejection::new(
+                        None,
+                        "rate_limited",
+                        format!(
+                            "too many messages: at most {} per second",
+                            state.config.rate_limit
+                        ),
+                    ))
+                    .await;
+                continue;
+            }
+            Verdict::Flooding => {
+                tracing::warn!(conn = client.conn, "disconnecting a flooding client");
+                break (CLOSE_POLICY, "flooding: too many messages");
+            }
         }
         if message.is_text() {
             let text = message.to_str().unwrap_or_default();
@@ -84,12 +113,19 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
                 ))
                 .await;
         }
-        // Pings are answered by the websocket layer; pongs need nothing.
     };
 
     client.disconnect().await;
-    if let Some((code, reason)) = close {
-        let _ = client.outbox.send(Outbound::Close { code, reason }).await;
+    // The close frame goes through the queue, after everything already in it; a client
+    // whose queue is stuck is simply cut off.
+    let close = Outbound::Close { code, reason };
+    if client
+        .outbox
+        .send_timeout(close, CLOSE_GRACE)
+        .await
+        .is_err()
+    {
+        kick.cancel();
     }
     drop(client);
     let _ = writer.await;
@@ -145,7 +181,7 @@ impl Client {
         let first_time = self.joined.insert(room.clone(), name.clone()).is_none();
         if first_time {
             let event = Event::new(EventKind::Join, &room, &name, None, &self.state.gateway_id);
-            if let Err(err) = self.publish_now(&event).await {
+            if let Err(err) = self.state.link.publish_confirmed(&event).await {
                 tracing::warn!(error = %err, "cannot announce a join");
                 self.joined.remove(&room);
                 self.state.rooms.leave(&room, self.conn);
@@ -222,33 +258,27 @@ impl Client {
         let payload = event.to_json();
         // Publishing here, in the reader, keeps one client's messages in order; the confirm
         // is awaited beside it so the client can have many messages in flight.
-        match self.state.link.publish(&event, payload.as_bytes()).await {
-            Ok(pending) => {
-                let outbox = self.outbox.clone();
-                self.confirms.spawn(async move {
-                    let frame = match pending.confirmed().await {
-                        Ok(()) => ServerFrame::Ack {
-                            r#ref: r#ref.as_deref(),
-                            id: &event.id,
-                        }
-                        .encode(),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "publish not confirmed");
-                            error_frame_text(
-                                r#ref.as_deref(),
-                                "unavailable",
-                                "the message was not confirmed by the broker; send it again",
-                            )
-                        }
-                    };
-                    let _ = outbox.send(Outbound::Frame(Message::text(frame))).await;
-                });
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot publish");
-                self.reject(unavailable(r#ref)).await;
-            }
-        }
+        let first = self.state.link.publish(&event, payload.as_bytes()).await;
+        let link = self.state.link.clone();
+        let outbox = self.outbox.clone();
+        self.confirms.spawn(async move {
+            let frame = match link.confirm(first, &event, payload.as_bytes()).await {
+                Ok(()) => ServerFrame::Ack {
+                    r#ref: r#ref.as_deref(),
+                    id: &event.id,
+                }
+                .encode(),
+                Err(err) => {
+                    tracing::warn!(error = %err, id = %event.id, "publish not confirmed");
+                    error_frame_text(
+                        r#ref.as_deref(),
+                        "unavailable",
+                        "the broker did not confirm the message; send it again",
+                    )
+                }
+            };
+            let _ = outbox.send(Outbound::Frame(Message::text(frame))).await;
+        });
     }
 
     async fn leave(&mut self, room: &str, r#ref: Option<String>) {
@@ -293,25 +323,10 @@ impl Client {
         let event = Event::new(EventKind::Leave, room, name, None, &self.state.gateway_id);
         let link = self.state.link.clone();
         self.state.background.spawn(async move {
-            let payload = event.to_json();
-            let result = match link.publish(&event, payload.as_bytes()).await {
-                Ok(pending) => pending.confirmed().await,
-                Err(err) => Err(err),
-            };
-            if let Err(err) = result {
+            if let Err(err) = link.publish_confirmed(&event).await {
                 tracing::warn!(error = %err, room = %event.room, "cannot announce a leave");
             }
         });
-    }
-
-    async fn publish_now(&self, event: &Event) -> Result<(), crate::link::PublishError> {
-        let payload = event.to_json();
-        self.state
-            .link
-            .publish(event, payload.as_bytes())
-            .await?
-            .confirmed()
-            .await
     }
 
     async fn send(&self, frame: ServerFrame<'_>) {
@@ -362,69 +377,101 @@ enum RoomView {
     Live,
 }
 
-/// Owns the sending half: applies [`Outbound`] items in order until the queue closes, a
-/// close is requested, or the socket fails (then it kicks the reader).
+/// Owns the sending half: applies [`Outbound`] items in order until a close is requested,
+/// the queue closes, or `kick` fires (a full queue, or the reader going away); a failed send
+/// kicks the reader in turn. A send blocked on a client that does not read is abandoned on
+/// kick, so a stuck client cannot hold its task forever.
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut inbox: mpsc::Receiver<Outbound>,
     kick: CancellationToken,
 ) {
     let mut rooms: HashMap<Arc<str>, RoomView> = HashMap::new();
-    while let Some(out) = inbox.recv().await {
-        let sent = match out {
-            Outbound::Frame(frame) => sink.send(frame).await,
-            Outbound::Joining { room } => {
-                rooms.insert(room, RoomView::Buffering(Vec::new()));
-                Ok(())
-            }
-            Outbound::Event { room, id, frame } => match rooms.get_mut(&room) {
-                Some(RoomView::Live) => sink.send(frame).await,
-                Some(RoomView::Buffering(buffer)) if buffer.len() < MAX_JOIN_BUFFER => {
-                    buffer.push((id, frame));
-                    Ok(())
-                }
-                Some(RoomView::Buffering(_)) => {
-                    kick.cancel();
-                    Ok(())
-                }
-                None => Ok(()),
+    loop {
+        let out = tokio::select! {
+            biased;
+            _ = kick.cancelled() => break,
+            out = inbox.recv() => match out {
+                Some(out) => out,
+                None => break,
             },
-            Outbound::Joined {
-                room,
-                frames,
-                history_ids,
-            } => {
-                let Some(RoomView::Buffering(buffer)) = rooms.insert(room.clone(), RoomView::Live)
-                else {
-                    // The client left while its history was loading.
-                    rooms.remove(&room);
-                    continue;
-                };
-                let seen: HashSet<String> = history_ids.into_iter().collect();
-                let fresh = buffer
-                    .into_iter()
-                    .filter(|(id, _)| !seen.contains(&**id))
-                    .map(|(_, f)| f);
-                send_all(&mut sink, frames.into_iter().chain(fresh)).await
-            }
-            Outbound::Left { room, frame } => {
-                rooms.remove(&room);
-                match frame {
-                    Some(frame) => sink.send(frame).await,
-                    None => Ok(()),
-                }
-            }
-            Outbound::Close { code, reason } => {
-                let _ = sink.send(Message::close_with(code, reason)).await;
-                break;
-            }
+        };
+        if let Outbound::Close { code, reason } = out {
+            let close = sink.send(Message::close_with(code, reason));
+            let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+            break;
+        }
+        let sent = tokio::select! {
+            _ = kick.cancelled() => break,
+            sent = apply(&mut sink, &mut rooms, &kick, out) => sent,
         };
         if sent.is_err() {
             kick.cancel();
             break;
         }
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+}
+
+/// Applies one queued item: sends it, buffers it, or updates the room view.
+async fn apply(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    rooms: &mut HashMap<Arc<str>, RoomView>,
+    kick: &CancellationToken,
+    out: Outbound,
+) -> Result<(), warp::Error> {
+    match out {
+        Outbound::Frame(frame) => sink.send(frame).await,
+        Outbound::Joining { room } => {
+            rooms.insert(room, RoomView::Buffering(Vec::new()));
+            Ok(())
+        }
+        Outbound::Event { room, id, frame } => match rooms.get_mut(&room) {
+            Some(RoomView::Live) => sink.send(frame).await,
+            Some(RoomView::Buffering(buffer)) if buffer.len() < MAX_JOIN_BUFFER => {
+                buffer.push((id, frame));
+                Ok(())
+            }
+            Some(RoomView::Buffering(_)) => {
+                kick.cancel();
+                Ok(())
+            }
+            None => Ok(()),
+        },
+        Outbound::Joined {
+            room,
+            frames,
+            history_ids,
+        } => {
+            let buffer = match rooms.get_mut(&room) {
+                Some(view @ RoomView::Buffering(_)) => {
+                    match std::mem::replace(view, RoomView::Live) {
+                        RoomView::Buffering(buffer) => buffer,
+                        RoomView::Live => Vec::new(),
+                    }
+                }
+                // A second join of the same room answered after the first: the room is
+                // live already, so only the (possibly overlapping) history is sent.
+                Some(RoomView::Live) => Vec::new(),
+                // The client left while its history was loading.
+                None => return Ok(()),
+            };
+            let seen: HashSet<String> = history_ids.into_iter().collect();
+            let fresh = buffer
+                .into_iter()
+                .filter(|(id, _)| !seen.contains(&**id))
+                .map(|(_, f)| f);
+            send_all(sink, frames.into_iter().chain(fresh)).await
+        }
+        Outbound::Left { room, frame } => {
+            rooms.remove(&room);
+            match frame {
+                Some(frame) => sink.send(frame).await,
+                None => Ok(()),
+            }
+        }
+        Outbound::Close { .. } => Ok(()),
+    }
 }
 
 async fn send_all(

@@ -8,7 +8,9 @@
 pub mod config;
 mod connection;
 mod link;
+pub mod origin;
 pub mod protocol;
+mod ratelimit;
 mod rooms;
 mod routes;
 
@@ -26,6 +28,7 @@ pub use config::Config;
 pub(crate) struct State {
     config: Config,
     limits: Limits,
+    origins: origin::OriginPolicy,
     gateway_id: String,
     rooms: Arc<rooms::Rooms>,
     link: link::Link,
@@ -45,6 +48,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     let topology = config.broker.topology()?;
     let address = listener.local_addr()?;
     let gateway_id = config.gateway_id(address.port());
@@ -69,6 +73,7 @@ pub async fn run(
     );
     let state = Arc::new(State {
         limits: config.limits(),
+        origins: origin::OriginPolicy::new(&config.allowed_origins),
         config,
         gateway_id,
         rooms,

@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::{bail, Context};
 use chat_core::broker::{event_properties, Supervisor};
+use chat_core::dedupe::RecentIds;
 use chat_core::history::{HistoryReply, HistoryRequest};
 use chat_core::topology::Topology;
 use chat_core::Event;
@@ -30,6 +33,12 @@ use warp::ws::Message;
 use crate::config::Config;
 use crate::protocol::event_frame;
 use crate::rooms::Rooms;
+
+/// Pause before publishing again after a broker failure.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How many recent event ids the consumer remembers to drop repeats.
+const RECENT_IDS: usize = 16_384;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -77,15 +86,12 @@ pub struct Link {
 }
 
 /// A publish the broker has accepted for confirmation.
-pub struct PendingConfirm {
-    confirm: PublisherConfirm,
-    timeout: Duration,
-}
+pub struct PendingConfirm(PublisherConfirm);
 
 impl PendingConfirm {
-    /// Waits for the broker's confirm.
-    pub async fn confirmed(self) -> Result<(), PublishError> {
-        match tokio::time::timeout(self.timeout, self.confirm).await {
+    /// Waits for the broker's confirm until `deadline`.
+    async fn confirmed_by(self, deadline: Instant) -> Result<(), PublishError> {
+        match tokio::time::timeout_at(deadline, self.0).await {
             Err(_) => Err(PublishError::Timeout),
             Ok(Err(err)) => Err(PublishError::Failed(err)),
             Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
@@ -123,10 +129,52 @@ impl Link {
                 event_properties(event),
             )
             .await?;
-        Ok(PendingConfirm {
-            confirm,
-            timeout: self.publish_timeout,
-        })
+        Ok(PendingConfirm(confirm))
+    }
+
+    /// Waits for the confirm of `first` (the result of [`Link::publish`]). If the broker
+    /// connection was lost before it came, the same event, with the same id, is published
+    /// again once the link is back, until `PUBLISH_TIMEOUT_MS` has passed; consumers dedupe
+    /// by id. `Ok` means the broker has the event: only then may the client be told.
+    pub async fn confirm(
+        &self,
+        first: Result<PendingConfirm, PublishError>,
+        event: &Event,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        let deadline = Instant::now() + self.publish_timeout;
+        let mut attempt = first;
+        loop {
+            let outcome = match attempt {
+                Ok(pending) => pending.confirmed_by(deadline).await,
+                Err(err) => Err(err),
+            };
+            let err = match outcome {
+                Ok(()) => return Ok(()),
+                Err(err @ (PublishError::Nacked | PublishError::Timeout)) => return Err(err),
+                Err(err) => err,
+            };
+            // Lost connection or channel: wait for the next session and try again. The
+            // pause keeps a session that is dead but not yet replaced from spinning us.
+            tokio::time::sleep(RETRY_PAUSE).await;
+            let mut session = self.session.clone();
+            let back = matches!(
+                tokio::time::timeout_at(deadline, session.wait_for(Option::is_some)).await,
+                Ok(Ok(_))
+            );
+            if !back {
+                return Err(err);
+            }
+            tracing::debug!(id = %event.id, error = %err, "publishing again after a broker failure");
+            attempt = self.publish(event, payload).await;
+        }
+    }
+
+    /// Publishes an event and waits for its confirm, retrying as [`Link::confirm`] does.
+    pub async fn publish_confirmed(&self, event: &Event) -> Result<(), PublishError> {
+        let payload = event.to_json();
+        let first = self.publish(event, payload.as_bytes()).await;
+        self.confirm(first, event, payload.as_bytes()).await
     }
 
     /// Asks the archiver for a room's history over the broker.
@@ -274,6 +322,7 @@ async fn run_session(
         .context("Failed to consume direct replies")?;
 
     let pending = Arc::new(Mutex::new(HashMap::new()));
+    let mut recent = RecentIds::new(RECENT_IDS);
     state.send_replace(Some(Arc::new(Session {
         publisher,
         history,
@@ -287,7 +336,7 @@ async fn run_session(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             delivery = events.next() => match delivery {
-                Some(delivery) => deliver(rooms, delivery.context("Delivery failed")?).await?,
+                Some(delivery) => deliver(rooms, &mut recent, delivery.context("Delivery failed")?).await?,
                 None => bail!("the broker cancelled the gateway's consumer"),
             },
             reply = replies.next() => match reply {
@@ -298,10 +347,20 @@ async fn run_session(
     }
 }
 
-/// Fans one delivery out to the room's local members, then acks it. Garbage is rejected
-/// without requeue, which dead-letters it.
-async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<()> {
+/// Fans one delivery out to the room's local members, then acks it. Repeats of recent
+/// events are dropped; garbage is rejected without requeue, which dead-letters it.
+async fn deliver(rooms: &Rooms, recent: &mut RecentIds, delivery: Delivery) -> anyhow::Result<()> {
     match Event::decode(&delivery.data) {
+        Ok(event) if !recent.first_time(&event.id) => {
+            // A publish retried after a lost confirm: the clients have it already.
+            if !delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .context("Failed to ack")?
+            {
+                bail!("the channel was lost before a delivery could be acked");
+            }
+        }
         Ok(event) => {
             let frame = Message::text(event_frame(&event));
             let id: Arc<str> = Arc::from(event.id.as_str());

@@ -66,12 +66,44 @@ fn asset(body: &'static str, content_type: &'static str) -> warp::reply::Respons
     response
 }
 
+/// Why an upgrade was refused.
+#[derive(Debug)]
+enum Refused {
+    /// The `Origin` is not allowed.
+    Origin,
+    /// The gateway holds `MAX_CONNECTIONS` already.
+    Full,
+}
+
+impl warp::reject::Reject for Refused {}
+
+/// Checks `Origin` and the connection limit before the upgrade.
+fn admission(state: Arc<State>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("origin")
+        .and(warp::header::optional::<String>("host"))
+        .and_then(move |origin: Option<String>, host: Option<String>| {
+            let state = state.clone();
+            async move {
+                if !state.origins.allows(origin.as_deref(), host.as_deref()) {
+                    tracing::warn!(origin = ?origin, "refused a websocket from a foreign origin");
+                    return Err(warp::reject::custom(Refused::Origin));
+                }
+                if state.connections.len() >= state.config.max_connections {
+                    return Err(warp::reject::custom(Refused::Full));
+                }
+                Ok(())
+            }
+        })
+        .untuple_one()
+}
+
 /// GET /ws: the chat websocket.
 fn websocket(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     // The hard cap on a message is well above `max_frame`, so that an oversized frame gets
     // a `too_large` error and the connection stays usable; only abuse beyond it is cut.
     let hard_cap = state.limits.max_frame.saturating_mul(4).max(64 * 1024);
     warp::path!("ws")
+        .and(admission(state.clone()))
         .and(warp::ws())
         .map(move |ws: warp::ws::Ws| {
             let state = state.clone();

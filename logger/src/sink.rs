@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use chat_core::dedupe::RecentIds;
 use chat_core::{logline, subscriber::EventSink, Event};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
@@ -14,7 +15,12 @@ pub struct LogFile {
     file: File,
     /// Whether lines are echoed to stdout too.
     echo: bool,
+    /// Ids written recently: a redelivered or republished event is not logged twice.
+    recent: RecentIds,
 }
+
+/// How many recent event ids the logger remembers.
+const RECENT_IDS: usize = 65_536;
 
 impl LogFile {
     /// Opens (creating it and its directory if needed) the log for appending.
@@ -29,16 +35,27 @@ impl LogFile {
             .append(true)
             .open(path)
             .await?;
-        Ok(Self { file, echo })
+        Ok(Self {
+            file,
+            echo,
+            recent: RecentIds::new(RECENT_IDS),
+        })
     }
 }
 
 impl EventSink for LogFile {
     async fn write(&mut self, events: &[Event]) -> anyhow::Result<()> {
         let mut buf = String::with_capacity(events.len() * 80);
+        let mut fresh = Vec::with_capacity(events.len());
         for event in events {
-            buf.push_str(&logline::format(event));
-            buf.push('\n');
+            if self.recent.first_time(&event.id) {
+                buf.push_str(&logline::format(event));
+                buf.push('\n');
+                fresh.push(event.id.as_str());
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
         }
         self.file
             .write_all(buf.as_bytes())
