@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_rabbitmq
-step "cargo test (unit and integration tests, real RabbitMQ and SQLite)"
+step "cargo test (unit, integration and fault tests against a real RabbitMQ and SQLite)"
+# Fault tests append their counts here; printed below so every run shows them.
+report=target/tmp/reliability-report.txt
+rm -f "$report"
 cargo test --workspace --locked
+if [[ -f "$report" ]]; then
+  step "reliability counts (fault tests)"
+  cat "$report"
+fi
 scripts/e2e.sh

@@ -124,6 +124,7 @@ fn healthz(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Re
             "gateway": state.gateway_id,
             "broker": ready,
             "rooms": state.rooms.room_count(),
+            "clients": state.connections.len(),
         });
         let status = if ready {
             StatusCode::OK
@@ -134,11 +135,27 @@ fn healthz(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Re
     })
 }
 
-async fn not_found(_: Rejection) -> Result<impl Reply, Infallible> {
-    Ok(warp::reply::with_status(
-        warp::reply::json(
-            &serde_json::json!({"error": {"code": "not_found", "message": "no such endpoint"}}),
+async fn not_found(rejection: Rejection) -> Result<impl Reply, Infallible> {
+    let (status, code, message) = match rejection.find::<Refused>() {
+        Some(Refused::Origin) => (
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this origin may not open the chat; see ALLOWED_ORIGINS",
         ),
-        StatusCode::NOT_FOUND,
+        Some(Refused::Full) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this gateway is full; try another",
+        ),
+        None if rejection.find::<warp::reject::MethodNotAllowed>().is_some() => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET is supported",
+        ),
+        None => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    };
+    Ok(warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({"error": {"code": code, "message": message}})),
+        status,
     ))
 }

@@ -156,6 +156,26 @@ impl Client {
         client
     }
 
+    /// Connects over a socket with a 4 KiB receive buffer, so that a client that does not
+    /// read backs up into the gateway quickly instead of into the kernel.
+    pub async fn connect_with_small_buffer(gateway: &Service) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(gateway.addr()).await.unwrap();
+        let url = format!("ws://{}/ws", gateway.addr());
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket connects");
+        let mut client = Self {
+            ws,
+            backlog: VecDeque::new(),
+            gateway: String::new(),
+        };
+        let hello = client.recv().await;
+        client.gateway = hello["gateway"].as_str().unwrap().to_owned();
+        client
+    }
+
     /// Sends a JSON frame.
     pub async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await;
@@ -208,6 +228,25 @@ impl Client {
         }
     }
 
+    /// The next frame, or the close code if the gateway closed the connection instead.
+    pub async fn recv_or_close(&mut self) -> Result<Value, u16> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Ok(frame);
+        }
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text).expect("JSON frame"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(frame.map_or(1005, |f| f.code.into()))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(1006),
+            }
+        }
+    }
+
     /// The close frame's code, after reading and discarding everything before it.
     pub async fn closed_with(&mut self) -> u16 {
         loop {
@@ -247,4 +286,153 @@ impl Client {
         .await["event"]
             .clone()
     }
+}
+
+/// Connects with extra request headers (e.g. `Origin`); returns the HTTP status on refusal.
+pub async fn connect_with_headers(
+    gateway: &Service,
+    headers: &[(&str, &str)],
+) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/ws", gateway.addr())
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => {
+            let mut client = Client {
+                ws,
+                backlog: VecDeque::new(),
+                gateway: String::new(),
+            };
+            let hello = client.recv().await;
+            client.gateway = hello["gateway"].as_str().unwrap_or_default().to_owned();
+            Ok(client)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(err) => panic!("websocket failed: {err}"),
+    }
+}
+
+/// One of the workspace's binaries (built on first use), run as a real child process so
+/// that tests can SIGKILL or SIGTERM it.
+pub struct Process {
+    child: std::process::Child,
+    /// Its HTTP address, if it serves one.
+    pub addr: Option<SocketAddr>,
+}
+
+/// The path of a workspace binary, building the service binaries once if needed.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = Path::new(env!("CARGO_BIN_EXE_gateway"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    BUILT.call_once(|| {
+        if !dir.join("archiver").exists() || !dir.join("logger").exists() {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--bins", "-p", "archiver", "-p", "logger"])
+                .status()
+                .expect("cargo build");
+            assert!(status.success(), "building the service binaries failed");
+        }
+    });
+    dir.join(name)
+}
+
+impl Process {
+    /// Starts `name` with these environment variables; waits for its `/healthz` when
+    /// `http` is given (the port it was told to listen on).
+    pub async fn start(name: &str, env: &[(&str, String)], http: Option<SocketAddr>) -> Self {
+        let mut command = std::process::Command::new(binary(name));
+        command
+            .env("AMQP_URL", amqp_url())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn service");
+        if let Some(addr) = http {
+            wait_healthy(addr).await;
+        }
+        Self { child, addr: http }
+    }
+
+    /// Sends a signal (`KILL`, `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    pub async fn wait(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The gateway's `/healthz` body.
+pub async fn health(gateway: &Service) -> (u16, Value) {
+    let (status, body) = http_get(gateway.addr(), "/healthz").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Every event of `room` in the archive at `addr`, oldest first.
+pub async fn archived(addr: SocketAddr, room: &str) -> Vec<Value> {
+    let (status, body) = http_get(addr, &format!("/api/rooms/{room}/events?limit=1000")).await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let page: Value = serde_json::from_str(&body).unwrap();
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Appends a line of counts to the reliability report that `scripts/test.sh` prints.
+pub fn report(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-report.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(file, "{line}").unwrap();
 }

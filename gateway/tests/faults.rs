@@ -1,0 +1,654 @@
+//! Fault tests: each injects its fault for real (the broker stopped or killed, a service
+//! SIGKILLed, a client that never reads, a flood) and checks the promise by counting acked,
+//! archived, logged and received events. They share the one broker, so they take a lock and
+//! run one at a time; each prints its counts and appends them to the reliability report.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chat_core::testkit::{eventually, unique_prefix, Broker};
+use serde_json::{json, Value};
+use support::{
+    archived, connect_with_headers, free_port, health, report, start_archiver, start_gateway,
+    start_logger, Client, Process, WAIT,
+};
+use tokio::sync::Mutex;
+
+/// One fault test at a time: they stop and start the shared broker.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// How the broker is taken down.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// `rabbitmqctl stop_app`, later `start_app`.
+    Graceful,
+    /// SIGKILL of the broker's Erlang VM, later `rabbitmq-server -detached`.
+    Crash,
+}
+
+fn run(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn amqp_port_open() -> bool {
+    std::net::TcpStream::connect("127.0.0.1:5672").is_ok()
+}
+
+/// Restarts the broker if a test ends (or panics) while it is down: tests must leave it
+/// running.
+struct BrokerOutage(Outage);
+
+impl BrokerOutage {
+    async fn begin(outage: Outage) -> Self {
+        let guard = Self(outage);
+        tokio::task::spawn_blocking(move || match outage {
+            Outage::Graceful => assert!(run("rabbitmqctl", &["stop_app"])),
+            Outage::Crash => assert!(run("pkill", &["-KILL", "-f", "beam.smp.*rabbit"])),
+        })
+        .await
+        .unwrap();
+        eventually(WAIT, "the broker down", || async {
+            (!amqp_port_open()).then_some(())
+        })
+        .await;
+        guard
+    }
+
+    /// Brings the broker back; returns when it accepts connections.
+    async fn end(self) -> Instant {
+        let outage = self.0;
+        std::mem::forget(self);
+        tokio::task::spawn_blocking(move || restart(outage))
+            .await
+            .unwrap();
+        Instant::now()
+    }
+}
+
+fn restart(outage: Outage) {
+    match outage {
+        Outage::Graceful => {
+            if !run("rabbitmqctl", &["start_app"]) {
+                run("rabbitmq-server", &["-detached"]);
+            }
+        }
+        Outage::Crash => {
+            run("rabbitmq-server", &["-detached"]);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !amqp_port_open() {
+        assert!(Instant::now() < deadline, "the broker did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run("rabbitmqctl", &["await_startup"]);
+}
+
+impl Drop for BrokerOutage {
+    fn drop(&mut self) {
+        restart(self.0);
+    }
+}
+
+/// Says `text` and returns the ack's id, or `None` if the gateway answered with an error.
+async fn say(client: &mut Client, room: &str, text: &str) -> Option<String> {
+    let answer = client.say(room, text, text).await;
+    (answer["type"] == "ack").then(|| answer["id"].as_str().unwrap().to_owned())
+}
+
+/// Ids of archived messages, with how often each appears.
+fn counts(events: &[Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for event in events.iter().filter(|e| e["type"] == "message") {
+        *counts
+            .entry(event["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+async fn ride_out(outage: Outage) {
+    let prefix = unique_prefix("outage");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chat.log");
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let logger = start_logger(&prefix, &log).await;
+    let options = [
+        "--publish-timeout-ms",
+        "1500",
+        "--history-timeout-ms",
+        "1000",
+    ];
+    let one = start_gateway(&prefix, &options).await;
+    let two = start_gateway(&prefix, &options).await;
+    let mut alice = Client::connect(&one).await;
+    let mut bob = Client::connect(&two).await;
+    alice.join("lobby", "alice").await;
+    bob.join("lobby", "bob").await;
+    drop(broker);
+
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        acked.push(
+            say(&mut alice, "lobby", &format!("before-{n}"))
+                .await
+                .expect("acked before"),
+        );
+    }
+
+    let down = BrokerOutage::begin(outage).await;
+    eventually(WAIT, "/healthz to report the outage", || async {
+        (health(&one).await.0 == 503).then_some(())
+    })
+    .await;
+    // Clients stay connected, and a say that cannot be confirmed is never acked.
+    let during = alice.say("lobby", "during", "during").await;
+    assert_eq!(during["type"], "error", "{during}");
+    assert_eq!(during["code"], "unavailable", "{during}");
+    let back = down.end().await;
+
+    // Within 5 s of the broker being back, messages flow across gateways again.
+    let mut probe = 0;
+    let recovered = loop {
+        probe += 1;
+        if let Some(id) = say(&mut alice, "lobby", &format!("probe-{probe}")).await {
+            acked.push(id);
+            let arrived = tokio::time::timeout(
+                Duration::from_millis(300),
+                bob.recv_until(|f| {
+                    f["type"] == "event"
+                        && f["event"]["text"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("probe-"))
+                }),
+            )
+            .await;
+            if arrived.is_ok() {
+                break back.elapsed();
+            }
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "no flow 15 s after the broker came back"
+        );
+    };
+    for n in 0..5 {
+        acked.push(
+            say(&mut alice, "lobby", &format!("after-{n}"))
+                .await
+                .expect("acked after"),
+        );
+    }
+    assert!(health(&one).await.0 == 200 && health(&two).await.0 == 200);
+
+    let want: HashSet<&String> = acked.iter().collect();
+    let stored = eventually(WAIT, "every acked message archived", || async {
+        let stored = counts(&archived(archiver.addr(), "lobby").await);
+        want.iter()
+            .all(|id| stored.contains_key(*id))
+            .then_some(stored)
+    })
+    .await;
+    let duplicates = stored.values().filter(|&&n| n > 1).count();
+    let log_text = eventually(WAIT, "every acked message logged", || async {
+        let text = tokio::fs::read_to_string(&log).await.ok()?;
+        ["before-4", "after-4"]
+            .iter()
+            .all(|t| text.contains(*t))
+            .then_some(text)
+    })
+    .await;
+    let logged = log_text.lines().filter(|l| l.contains("<alice>")).count();
+    report(&format!(
+        "broker {outage:?} outage: acked={} archived={} logged={} duplicates={duplicates} flow_back_after_ms={}",
+        acked.len(),
+        stored.len(),
+        logged,
+        recovered.as_millis()
+    ));
+    assert_eq!(duplicates, 0);
+    assert!(
+        recovered < Duration::from_secs(5),
+        "messages flowed again only after {recovered:?}"
+    );
+    assert!(logged >= acked.len(), "{log_text}");
+    for service in [one, two, archiver, logger] {
+        service.stop().await;
+    }
+    Broker::connect(&prefix).await.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_system_rides_out_a_graceful_broker_restart() {
+    let _serial = SERIAL.lock().await;
+    ride_out(Outage::Graceful).await;
+}
+
+#[tokio::test]
+async fn the_system_rides_out_a_broker_crash() {
+    let _serial = SERIAL.lock().await;
+    ride_out(Outage::Crash).await;
+}
+
+#[tokio::test]
+async fn no_acked_message_is_lost_when_the_archiver_and_logger_are_killed_mid_stream() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("kill");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chat.log");
+    let http = free_port();
+    let env = vec![
+        ("CHAT_PREFIX", prefix.clone()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("archive.db").display()),
+        ),
+        ("ARCHIVER_LISTEN", http.to_string()),
+        ("LOG_FILE", log.display().to_string()),
+        ("LOGGER_STDOUT", "false".to_owned()),
+    ];
+    let mut archiver = Process::start("archiver", &env, Some(http)).await;
+    let mut logger = Process::start("logger", &env, None).await;
+    // The logger has no HTTP probe: wait until its durable queue exists, or the first events
+    // would be published before there is a queue to keep them.
+    let queue = broker.topology.subscriber_queue("logger");
+    eventually(WAIT, "the logger's queue", || async {
+        broker.queue_exists(&queue).await.then_some(())
+    })
+    .await;
+    let gateway = start_gateway(
+        &prefix,
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
+    )
+    .await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+
+    let total = 300;
+    let mut acked = Vec::new();
+    for n in 0..total {
+        if n == 100 {
+            archiver.signal("KILL");
+            logger.signal("KILL");
+            assert_eq!(archiver.wait().await, None, "killed by the signal");
+            assert_eq!(logger.wait().await, None, "killed by the signal");
+        }
+        if n == 200 {
+            archiver = Process::start("archiver", &env, Some(http)).await;
+            logger = Process::start("logger", &env, None).await;
+        }
+        acked.push(
+            say(&mut alice, "lobby", &format!("m-{n}"))
+                .await
+                .expect("acked"),
+        );
+    }
+
+    let stored = eventually(WAIT, "all acked messages archived", || async {
+        let stored = counts(&archived(http, "lobby").await);
+        (stored.len() >= acked.len()).then_some(stored)
+    })
+    .await;
+    let missing = acked.iter().filter(|id| !stored.contains_key(*id)).count();
+    let duplicates: usize = stored.values().map(|n| n - 1).sum();
+    let log_text = eventually(WAIT, "the last message logged", || async {
+        let text = tokio::fs::read_to_string(&log).await.ok()?;
+        text.contains(&format!("<alice> m-{}\n", total - 1))
+            .then_some(text)
+    })
+    .await;
+    let mut lines: HashMap<&str, usize> = HashMap::new();
+    for line in log_text.lines().filter(|l| l.contains("<alice> m-")) {
+        *lines.entry(line.rsplit(' ').next().unwrap()).or_default() += 1;
+    }
+    let log_missing = (0..total)
+        .filter(|n| !lines.contains_key(format!("m-{n}").as_str()))
+        .count();
+    let log_repeats: usize = lines.values().map(|n| n - 1).sum();
+    let unlogged: Vec<String> = (0..total)
+        .map(|n| format!("m-{n}"))
+        .filter(|m| !lines.contains_key(m.as_str()))
+        .collect();
+    if !unlogged.is_empty() {
+        eprintln!("not in the log: {unlogged:?}\n{log_text}");
+    }
+    report(&format!(
+        "archiver and logger SIGKILLed mid-stream: acked={} archived={} missing={missing} duplicates={duplicates} logged={} log_missing={log_missing} log_repeats={log_repeats}",
+        acked.len(),
+        stored.len(),
+        lines.len(),
+    ));
+    assert_eq!((missing, duplicates, log_missing), (0, 0, 0));
+
+    archiver.signal("TERM");
+    logger.signal("TERM");
+    assert_eq!(archiver.wait().await, Some(0));
+    assert_eq!(logger.wait().await, Some(0));
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_waiting_in_the_durable_queues_survive_a_broker_restart() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("durable");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("archive.db");
+    // The archiver declares its queue, then stays away while events pile up in it.
+    start_archiver(&prefix, &db).await.stop().await;
+    let gateway = start_gateway(&prefix, &["--history-timeout-ms", "300"]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        acked.push(
+            say(&mut alice, "lobby", &format!("queued-{n}"))
+                .await
+                .expect("acked"),
+        );
+    }
+    gateway.stop().await;
+    BrokerOutage::begin(Outage::Graceful).await.end().await;
+
+    let archiver = start_archiver(&prefix, &db).await;
+    let stored = eventually(WAIT, "the queued events archived", || async {
+        let stored = counts(&archived(archiver.addr(), "lobby").await);
+        (stored.len() >= acked.len()).then_some(stored)
+    })
+    .await;
+    let missing = acked.iter().filter(|id| !stored.contains_key(*id)).count();
+    report(&format!(
+        "broker restarted with events in the durable queue: acked={} archived={} missing={missing}",
+        acked.len(),
+        stored.len()
+    ));
+    assert_eq!(missing, 0);
+    archiver.stop().await;
+    Broker::connect(&prefix).await.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_resuming_with_since_gets_exactly_what_it_missed_then_live_events() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("resume");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let no_limit = ["--rate-limit", "100000", "--rate-burst", "100000"];
+    let one = start_gateway(&prefix, &no_limit).await;
+    let two = start_gateway(&prefix, &no_limit).await;
+    let mut alice = Client::connect(&one).await;
+    let mut bob = Client::connect(&two).await;
+    alice.join("lobby", "alice").await;
+    bob.join("lobby", "bob").await;
+
+    for n in 0..10 {
+        say(&mut bob, "lobby", &format!("b-{n}"))
+            .await
+            .expect("acked");
+    }
+    let mut last_seen = String::new();
+    for _ in 0..10 {
+        last_seen = alice.event("lobby", "message").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    drop(alice); // alice's connection dies
+
+    for n in 10..20 {
+        say(&mut bob, "lobby", &format!("b-{n}"))
+            .await
+            .expect("acked");
+    }
+    // Bob keeps talking while alice catches up on the other gateway.
+    let talker = tokio::spawn(async move {
+        for n in 20..40 {
+            say(&mut bob, "lobby", &format!("b-{n}"))
+                .await
+                .expect("acked");
+        }
+        bob
+    });
+    let mut alice = Client::connect(&two).await;
+    alice
+        .send(json!({"type": "join", "room": "lobby", "name": "alice", "since": last_seen}))
+        .await;
+    let joined = alice
+        .recv_until(|f| f["type"] == "joined" || f["type"] == "error")
+        .await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let mut texts: Vec<String> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    let caught_up = texts.len();
+    while texts.len() < 30 {
+        texts.push(
+            alice.event("lobby", "message").await["text"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let bob = talker.await.unwrap();
+    let expected: Vec<String> = (10..40).map(|n| format!("b-{n}")).collect();
+    let unique: HashSet<&String> = texts.iter().collect();
+    report(&format!(
+        "resume with since: missed=10 sent_during_catch_up=20 received={} from_archive={caught_up} duplicates={} in_order={}",
+        texts.len(),
+        texts.len() - unique.len(),
+        texts == expected
+    ));
+    assert_eq!(texts, expected);
+
+    // An unknown since fails closed: an error, then the normal history.
+    let mut carol = Client::connect(&one).await;
+    carol
+        .send(json!({"type": "join", "room": "lobby", "name": "carol", "since": "0190aaaa-0000-7000-8000-000000000000"}))
+        .await;
+    let error = carol.recv().await;
+    assert_eq!(error["code"], "bad_since", "{error}");
+    let joined = carol.recv().await;
+    assert_eq!(joined["type"], "joined");
+    assert!(joined["history"].as_array().unwrap().len() >= 40);
+
+    drop(bob);
+    for service in [one, two, archiver] {
+        service.stop().await;
+    }
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everything() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("slow");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(
+        &prefix,
+        &[
+            "--client-queue",
+            "64",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+            "--history-timeout-ms",
+            "200",
+            "--max-text",
+            "16000",
+            "--max-frame",
+            "65536",
+        ],
+    )
+    .await;
+    // The sleeper's socket has a tiny receive buffer and it never reads: the gateway's send
+    // buffer fills, then the sleeper's queue of 64 frames.
+    let mut sleeper = Client::connect_with_small_buffer(&gateway).await;
+    sleeper.join("lobby", "sleeper").await;
+    let mut reader = Client::connect(&gateway).await;
+    reader.join("lobby", "reader").await;
+    let mut sender = Client::connect(&gateway).await;
+    sender.join("lobby", "sender").await;
+    assert_eq!(health(&gateway).await.1["clients"], 3);
+
+    let text = "x".repeat(15_000);
+    let total = 700;
+    let receiving = tokio::spawn(async move {
+        let mut got = 0;
+        while got < total {
+            reader.event("lobby", "message").await;
+            got += 1;
+        }
+        (reader, got)
+    });
+    for n in 0..total {
+        let ack = sender
+            .say("lobby", &format!("{n} {text}"), &n.to_string())
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let (reader, received) = receiving.await.unwrap();
+    let clients = eventually(WAIT, "the sleeper disconnected", || async {
+        let clients = health(&gateway).await.1["clients"].as_u64().unwrap();
+        (clients == 2).then_some(clients)
+    })
+    .await;
+    report(&format!(
+        "slow consumer: sent={total} reader_received={received} clients_after={clients} (queue 64, the sleeper was cut off)"
+    ));
+    assert_eq!(received, total);
+    drop((sleeper, reader, sender));
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_flooding_client_gets_rate_limited_then_disconnected() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("flood");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &["--rate-limit", "20", "--rate-burst", "10"]).await;
+    let mut flooder = Client::connect(&gateway).await;
+    for n in 0..100 {
+        flooder
+            .send(json!({"type": "leave", "room": "lobby", "ref": n.to_string()}))
+            .await;
+    }
+    let mut codes: HashMap<String, usize> = HashMap::new();
+    let close = loop {
+        match tokio::time::timeout(WAIT, flooder.recv_or_close())
+            .await
+            .expect("an answer")
+        {
+            Ok(frame) => {
+                *codes
+                    .entry(frame["code"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1
+            }
+            Err(code) => break code,
+        }
+    };
+    report(&format!(
+        "flood: sent=100 answered={codes:?} close_code={close}"
+    ));
+    assert!(
+        codes.get("rate_limited").copied().unwrap_or(0) >= 1,
+        "{codes:?}"
+    );
+    assert_eq!(close, 1008);
+    // A well-behaved client on the same gateway is unaffected.
+    let mut calm = Client::connect(&gateway).await;
+    calm.join("lobby", "calm").await;
+    assert_eq!(calm.say("lobby", "hello", "c").await["type"], "ack");
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_websocket_from_a_foreign_origin_is_refused() {
+    let prefix = unique_prefix("origin");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &["--allowed-origins", "https://chat.example.com"]).await;
+    let host = gateway.addr().to_string();
+    let own = format!("http://{host}");
+    assert_eq!(
+        connect_with_headers(&gateway, &[("origin", "https://evil.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        connect_with_headers(&gateway, &[("origin", "null")])
+            .await
+            .err(),
+        Some(403)
+    );
+    for origin in [
+        own.as_str(),
+        "https://chat.example.com",
+        "http://localhost:8080",
+    ] {
+        assert!(
+            connect_with_headers(&gateway, &[("origin", origin)])
+                .await
+                .is_ok(),
+            "{origin}"
+        );
+    }
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_gateway_full_of_connections_refuses_more_with_503() {
+    let prefix = unique_prefix("full");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &["--max-connections", "2"]).await;
+    let _a = Client::connect(&gateway).await;
+    let _b = Client::connect(&gateway).await;
+    assert_eq!(connect_with_headers(&gateway, &[]).await.err(), Some(503));
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_amqp_password_never_appears_in_the_logs() {
+    let prefix = unique_prefix("secret");
+    let http: SocketAddr = free_port();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(support::binary("gateway"))
+            .env("AMQP_URL", "amqp://chat:hunter2-s3cret@127.0.0.1:1/%2f")
+            .env("CHAT_PREFIX", &prefix)
+            .env("GATEWAY_LISTEN", http.to_string())
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr).to_string()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("cannot connect to the broker"), "{logs}");
+    assert!(logs.contains("chat:***@127.0.0.1:1"), "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+}
