@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_core::testkit::{amqp_url, eventually, http_get, unique_prefix, Broker};
 use chat_core::{Event, EventKind};
 use clap::Parser;
+use sqlx::Connection;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -225,5 +226,39 @@ async fn the_history_command_prints_a_room_in_the_log_format() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("room must be"));
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_storage_failure_is_retried_and_loses_nothing() {
+    let prefix = unique_prefix("storage");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = start(&prefix, dir.path()).await;
+
+    // Another process holds the write lock longer than the archiver's 5 s busy timeout, so
+    // its inserts fail with SQLITE_BUSY until the lock goes away.
+    let mut locker = sqlx::SqliteConnection::connect(&archiver.database_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    let events: Vec<Event> = (0..5).map(|n| message("lobby", &format!("blocked-{n}"))).collect();
+    for event in &events {
+        broker.publish_event(event).await;
+    }
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let (_, rooms) = archiver.get("/api/rooms").await;
+    assert_eq!(rooms["rooms"], Value::Array(vec![]), "nothing stored while locked");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    archiver.wait_for_count("lobby", 5).await;
+    let (_, page) = archiver.get("/api/rooms/lobby/events").await;
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, want);
+    archiver.stop().await;
     broker.cleanup().await;
 }

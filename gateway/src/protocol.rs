@@ -295,6 +295,90 @@ mod tests {
         assert_eq!(err.r#ref.as_deref(), Some("c-1"));
     }
 
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every code `parse` may answer with (docs/protocol.md).
+        const CODES: [&str; 8] = [
+            "too_large",
+            "invalid_json",
+            "missing_field",
+            "invalid_field",
+            "unknown_type",
+            "invalid_room",
+            "invalid_name",
+            "invalid_text",
+        ];
+
+        fn frame_like() -> impl Strategy<Value = String> {
+            let field = prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                ".{0,80}".prop_map(Value::from),
+                "[A-Za-z0-9_-]{1,64}".prop_map(Value::from),
+                Just(serde_json::json!([1, "a"])),
+            ];
+            (
+                prop_oneof![
+                    Just(Value::from("join")),
+                    Just(Value::from("say")),
+                    Just(Value::from("leave")),
+                    field.clone()
+                ],
+                field.clone(),
+                field.clone(),
+                field.clone(),
+                field.clone(),
+                field,
+            )
+                .prop_map(|(kind, room, name, text, since, r)| {
+                    serde_json::json!({"type": kind, "room": room, "name": name,
+                                       "text": text, "since": since, "ref": r})
+                    .to_string()
+                })
+        }
+
+        fn check(frame: &str) {
+            let limits = Limits::default();
+            match parse(frame, &limits) {
+                Err(rejection) => {
+                    assert!(CODES.contains(&rejection.code), "{}", rejection.code);
+                    assert!(!rejection.message.is_empty());
+                }
+                Ok(Command::Join { room, name, .. }) => {
+                    assert!(normalize::room(&room).is_ok());
+                    assert_eq!(
+                        normalize::name(&name, &limits).as_deref(),
+                        Ok(name.as_str())
+                    );
+                }
+                Ok(Command::Say { room, text, .. }) => {
+                    assert!(normalize::room(&room).is_ok());
+                    assert_eq!(
+                        normalize::text(&text, &limits).as_deref(),
+                        Ok(text.as_str())
+                    );
+                }
+                Ok(Command::Leave { room, .. }) => assert!(normalize::room(&room).is_ok()),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn any_text_frame_is_a_valid_command_or_a_documented_error(frame in ".{0,300}") {
+                check(&frame);
+            }
+
+            #[test]
+            fn frame_like_json_is_a_valid_command_or_a_documented_error(frame in frame_like()) {
+                check(&frame);
+            }
+        }
+    }
+
     #[test]
     fn the_event_frame_wraps_the_event_json() {
         let event = Event::new(chat_core::EventKind::Join, "lobby", "a", None, "gw");
