@@ -11,6 +11,7 @@ mod link;
 pub mod origin;
 pub mod protocol;
 mod ratelimit;
+mod repair;
 mod rooms;
 mod routes;
 
@@ -71,6 +72,11 @@ pub async fn run(
         gateway_id.clone(),
         link_shutdown.clone(),
     );
+    let repair = tokio::spawn(repair::run(
+        link.clone(),
+        rooms.clone(),
+        link_shutdown.clone(),
+    ));
     let state = Arc::new(State {
         limits: config.limits(),
         origins: origin::OriginPolicy::new(&config.allowed_origins),
@@ -93,6 +99,7 @@ pub async fn run(
     state.background.wait().await;
     link_shutdown.cancel();
     let _ = link_task.await;
+    let _ = repair.await;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use anyhow::{bail, Context};
 use chat_core::broker::{event_properties, Supervisor};
-use chat_core::dedupe::RecentIds;
 use chat_core::history::{HistoryReply, HistoryRequest};
 use chat_core::topology::Topology;
 use chat_core::Event;
@@ -28,17 +27,12 @@ use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use warp::ws::Message;
 
 use crate::config::Config;
-use crate::protocol::event_frame;
 use crate::rooms::Rooms;
 
 /// Pause before publishing again after a broker failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-
-/// How many recent event ids the consumer remembers to drop repeats.
-const RECENT_IDS: usize = 16_384;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -101,6 +95,11 @@ impl PendingConfirm {
 }
 
 impl Link {
+    /// Completes when the link goes up or down; then [`Link::is_ready`] tells which.
+    pub async fn changed(&mut self) -> bool {
+        self.session.changed().await.is_ok()
+    }
+
     /// Whether the link is connected with its topology declared.
     pub fn is_ready(&self) -> bool {
         self.session.borrow().is_some()
@@ -322,7 +321,6 @@ async fn run_session(
         .context("Failed to consume direct replies")?;
 
     let pending = Arc::new(Mutex::new(HashMap::new()));
-    let mut recent = RecentIds::new(RECENT_IDS);
     state.send_replace(Some(Arc::new(Session {
         publisher,
         history,
@@ -336,7 +334,7 @@ async fn run_session(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             delivery = events.next() => match delivery {
-                Some(delivery) => deliver(rooms, &mut recent, delivery.context("Delivery failed")?).await?,
+                Some(delivery) => deliver(rooms, delivery.context("Delivery failed")?).await?,
                 None => bail!("the broker cancelled the gateway's consumer"),
             },
             reply = replies.next() => match reply {
@@ -347,24 +345,12 @@ async fn run_session(
     }
 }
 
-/// Fans one delivery out to the room's local members, then acks it. Repeats of recent
-/// events are dropped; garbage is rejected without requeue, which dead-letters it.
-async fn deliver(rooms: &Rooms, recent: &mut RecentIds, delivery: Delivery) -> anyhow::Result<()> {
+/// Hands one delivery to the room's local members (repeats of recent events are dropped
+/// there), then acks it. Garbage is rejected without requeue, which dead-letters it.
+async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<()> {
     match Event::decode(&delivery.data) {
-        Ok(event) if !recent.first_time(&event.id) => {
-            // A publish retried after a lost confirm: the clients have it already.
-            if !delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .context("Failed to ack")?
-            {
-                bail!("the channel was lost before a delivery could be acked");
-            }
-        }
         Ok(event) => {
-            let frame = Message::text(event_frame(&event));
-            let id: Arc<str> = Arc::from(event.id.as_str());
-            rooms.fanout(&event.room, &id, &frame);
+            rooms.deliver(&event);
             if !delivery
                 .ack(BasicAckOptions::default())
                 .await

@@ -6,11 +6,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use chat_core::dedupe::RecentIds;
+use chat_core::Event;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
+
+use crate::protocol::event_frame;
 
 /// Identifies one websocket connection within this gateway.
 pub type ConnId = u64;
@@ -51,14 +55,51 @@ pub struct Member {
     pub kick: CancellationToken,
 }
 
+/// How many recent event ids a gateway remembers, to drop repeats.
+const RECENT_IDS: usize = 16_384;
+
 /// The room registry of one gateway.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rooms {
     rooms: RwLock<HashMap<Arc<str>, HashMap<ConnId, Member>>>,
     next_conn: AtomicU64,
+    /// Ids of events delivered recently: a publish retried after a lost confirm, or an
+    /// event recovered after an outage that also arrived live, reaches clients once.
+    recent: Mutex<RecentIds>,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Self {
+            rooms: RwLock::default(),
+            next_conn: AtomicU64::default(),
+            recent: Mutex::new(RecentIds::new(RECENT_IDS)),
+        }
+    }
 }
 
 impl Rooms {
+    /// Delivers an event to its room's members unless it was delivered recently; encodes
+    /// it once for all of them. Returns whether it was new.
+    pub fn deliver(&self, event: &Event) -> bool {
+        let fresh = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_time(&event.id);
+        if fresh {
+            let frame = Message::text(event_frame(event));
+            self.fanout(&event.room, &Arc::from(event.id.as_str()), &frame);
+        }
+        fresh
+    }
+
+    /// The rooms that have local members now.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        rooms.keys().cloned().collect()
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)

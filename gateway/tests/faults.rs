@@ -652,3 +652,77 @@ async fn the_amqp_password_never_appears_in_the_logs() {
     assert!(logs.contains("chat:***@127.0.0.1:1"), "{logs}");
     assert!(!logs.contains("hunter2"), "{logs}");
 }
+
+/// Closes the broker connection named `name` from the broker's side.
+fn close_connection(name: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let pid = listing
+        .lines()
+        .find(|l| l.contains(&format!("\"{name}\"")))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("no broker connection named {name}"))
+        .to_owned();
+    assert!(run(
+        "rabbitmqctl",
+        &["close_connection", &pid, "fault test"]
+    ));
+}
+
+#[tokio::test]
+async fn a_gateway_that_lost_its_broker_connection_delivers_what_it_missed() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("gap");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let no_limit = ["--rate-limit", "100000", "--rate-burst", "100000"];
+    let one = start_gateway(&prefix, &no_limit).await;
+    let gw_two = format!("{prefix}-two");
+    let mut options = no_limit.to_vec();
+    options.extend(["--gateway-id", &gw_two]);
+    let two = start_gateway(&prefix, &options).await;
+    let mut alice = Client::connect(&one).await;
+    let mut bob = Client::connect(&two).await;
+    alice.join("lobby", "alice").await;
+    bob.join("lobby", "bob").await;
+
+    // Bob's gateway loses its connection (and with it its exclusive queue) while alice
+    // keeps talking on the other gateway.
+    let name = format!("gateway {gw_two}");
+    tokio::task::spawn_blocking(move || close_connection(&name))
+        .await
+        .unwrap();
+    let total = 100;
+    for n in 0..total {
+        say(&mut alice, "lobby", &format!("gap-{n}"))
+            .await
+            .expect("acked");
+    }
+    let mut received = HashSet::new();
+    let mut order = Vec::new();
+    while received.len() < total {
+        let text = bob.event("lobby", "message").await["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        order.push(text.clone());
+        received.insert(text);
+    }
+    // Anything else that arrives shortly after would be a duplicate.
+    let extra = tokio::time::timeout(Duration::from_secs(4), bob.event("lobby", "message")).await;
+    report(&format!(
+        "gateway lost its broker connection: sent={total} bob_received={} duplicates={} in_order={}",
+        received.len(),
+        order.len() - received.len() + usize::from(extra.is_ok()),
+        order == (0..total).map(|n| format!("gap-{n}")).collect::<Vec<_>>(),
+    ));
+    assert!(extra.is_err(), "a duplicate arrived: {:?}", extra.ok());
+    for service in [one, two, archiver] {
+        service.stop().await;
+    }
+    broker.cleanup().await;
+}

@@ -1,0 +1,80 @@
+//! Gap repair after a broker outage. A gateway's queue is exclusive: it dies with the
+//! connection, so events published after the broker came back but before this gateway
+//! declared its queue again never reach it. When the link comes back up, the gateway asks
+//! the archive for the recent events of every room it has members in and delivers those
+//! from around the outage onwards that its clients have not seen (the room registry drops
+//! the ones they have). Recovered events may arrive after newer live ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_core::history::HistoryRequest;
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::link::Link;
+use crate::rooms::Rooms;
+
+/// When to look after the link is back: soon, and once more after the archive has surely
+/// caught up with what other gateways published meanwhile.
+const PASSES: [Duration; 2] = [Duration::from_millis(300), Duration::from_secs(3)];
+/// Events this long before the outage was noticed are looked at too (clock skew between
+/// gateways, events in flight when the connection broke).
+const MARGIN: TimeDelta = TimeDelta::seconds(5);
+/// Most recent events fetched per room and pass.
+const WINDOW: u32 = 500;
+
+/// Watches the link until `shutdown`; after each outage, repairs every room's gap.
+pub async fn run(mut link: Link, rooms: Arc<Rooms>, shutdown: CancellationToken) {
+    let mut lost_at: Option<DateTime<Utc>> = None;
+    let mut was_up = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = link.changed() => if !changed { return },
+        }
+        let up = link.is_ready();
+        if !up && was_up {
+            lost_at = Some(Utc::now());
+        }
+        was_up = up;
+        let Some(since) = lost_at.filter(|_| up) else {
+            continue;
+        };
+        lost_at = None;
+        for delay in PASSES {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            repair(&link, &rooms, since - MARGIN).await;
+        }
+    }
+}
+
+/// One pass over every room with local members.
+async fn repair(link: &Link, rooms: &Rooms, from: DateTime<Utc>) {
+    let mut recovered = 0;
+    for room in rooms.names() {
+        let request = HistoryRequest {
+            room: room.to_string(),
+            limit: WINDOW,
+            since: None,
+        };
+        match link.history(&request).await {
+            Ok(reply) => {
+                for event in reply.events.iter().filter(|e| e.at >= from) {
+                    if rooms.deliver(event) {
+                        recovered += 1;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%room, error = %err, "cannot repair the room's gap after an outage")
+            }
+        }
+    }
+    if recovered > 0 {
+        tracing::info!(recovered, "delivered events missed during a broker outage");
+    }
+}
