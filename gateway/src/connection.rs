@@ -10,10 +10,18 @@ use std::sync::Arc;
 use chat_core::history::HistoryRequest;
 use chat_core::{Event, EventKind};
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warp::ws::{Message, WebSocket};
+
+/// A client's socket after the upgrade.
+pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -28,6 +36,8 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_SLOW: u16 = 4008;
 /// How long the final close frame may take to be queued before the socket is just dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a kicked client's socket may take to accept the 4008 close frame.
+const KICK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most live events buffered for a room while its history is fetched.
 const MAX_JOIN_BUFFER: usize = 10_000;
 
@@ -72,12 +82,13 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
             }
             None => break (1000, ""),
         };
-        if message.is_close() {
-            break (1000, "");
-        }
-        if !(message.is_text() || message.is_binary()) {
-            continue; // pings are answered by the websocket layer; pongs need nothing
-        }
+        let text = match &message {
+            Message::Close(_) => break (1000, ""),
+            Message::Text(text) => Some(text.as_str()),
+            Message::Binary(_) => None,
+            // Pings are answered by the websocket layer; pongs need nothing.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
         match limiter.check() {
             Verdict::Allow => {}
             Verdict::Limited => {
@@ -98,13 +109,12 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
                 break (CLOSE_POLICY, "flooding: too many messages");
             }
         }
-        if message.is_text() {
-            let text = message.to_str().unwrap_or_default();
+        if let Some(text) = text {
             match protocol::parse(text, &state.limits) {
                 Ok(command) => client.handle(command).await,
                 Err(rejection) => client.reject(rejection).await,
             }
-        } else if message.is_binary() {
+        } else {
             client
                 .reject(Rejection::new(
                     None,
@@ -369,6 +379,13 @@ fn error_frame(r#ref: Option<&str>, code: &str, message: &str) -> Message {
     Message::text(error_frame_text(r#ref, code, message))
 }
 
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
 /// What the writer knows of a room.
 enum RoomView {
     /// Joining: live events wait here until the history has been sent.
@@ -387,28 +404,45 @@ async fn write_loop(
     kick: CancellationToken,
 ) {
     let mut rooms: HashMap<Arc<str>, RoomView> = HashMap::new();
+    let mut kicked = false;
     loop {
         let out = tokio::select! {
             biased;
-            _ = kick.cancelled() => break,
+            _ = kick.cancelled() => {
+                kicked = true;
+                break;
+            }
             out = inbox.recv() => match out {
                 Some(out) => out,
                 None => break,
             },
         };
         if let Outbound::Close { code, reason } = out {
-            let close = sink.send(Message::close_with(code, reason));
+            let close = sink.send(close_frame(code, reason));
             let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
             break;
         }
         let sent = tokio::select! {
-            _ = kick.cancelled() => break,
+            _ = kick.cancelled() => {
+                kicked = true;
+                break;
+            }
             sent = apply(&mut sink, &mut rooms, &kick, out) => sent,
         };
         if sent.is_err() {
             kick.cancel();
             break;
         }
+    }
+    if kicked {
+        // Too slow (or its close could not be queued): say so if the socket still takes a
+        // frame, but do not wait for a client that does not read.
+        let close = sink.send(close_frame(
+            CLOSE_SLOW,
+            "too slow: reconnect and resume with since",
+        ));
+        let _ = tokio::time::timeout(KICK_GRACE, close).await;
+        return;
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
 }
@@ -419,7 +453,7 @@ async fn apply(
     rooms: &mut HashMap<Arc<str>, RoomView>,
     kick: &CancellationToken,
     out: Outbound,
-) -> Result<(), warp::Error> {
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     match out {
         Outbound::Frame(frame) => sink.send(frame).await,
         Outbound::Joining { room } => {
@@ -477,7 +511,7 @@ async fn apply(
 async fn send_all(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     frames: impl Iterator<Item = Message>,
-) -> Result<(), warp::Error> {
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     for frame in frames {
         sink.feed(frame).await?;
     }

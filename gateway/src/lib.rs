@@ -14,6 +14,8 @@ mod ratelimit;
 mod repair;
 mod rooms;
 mod routes;
+mod server;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -88,11 +90,7 @@ pub async fn run(
         connections: TaskTracker::new(),
         background: TaskTracker::new(),
     });
-    warp::serve(routes::routes(state.clone()))
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned())
-        .run()
-        .await;
+    server::serve(listener, state.clone(), shutdown.clone()).await;
     state.connections.close();
     state.connections.wait().await;
     state.background.close();

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use chat_core::dedupe::RecentIds;
 use chat_core::Event;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use warp::ws::Message;
 
 use crate::protocol::event_frame;
 

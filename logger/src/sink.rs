@@ -57,18 +57,17 @@ impl EventSink for LogFile {
         if buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(buf.as_bytes())
-            .await
-            .context("Failed to append to the chat log")?;
-        self.file
-            .flush()
-            .await
-            .context("Failed to flush the chat log")?;
-        self.file
-            .sync_data()
-            .await
-            .context("Failed to sync the chat log")?;
+        let written = async {
+            self.file.write_all(buf.as_bytes()).await?;
+            self.file.flush().await?;
+            self.file.sync_data().await
+        }
+        .await;
+        if let Err(err) = written {
+            // The batch will be retried: its events must not count as logged.
+            self.recent.forget(&fresh);
+            return Err(err).context("Failed to append to the chat log");
+        }
         if self.echo {
             let mut stdout = tokio::io::stdout();
             // The file is the record; stdout is a convenience, so its errors are ignored.
