@@ -139,6 +139,19 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
     }
     drop(client);
     let _ = writer.await;
+    if code != 1000 && !kick.is_cancelled() {
+        // We closed: finish the closing handshake by reading (and dropping) what the client
+        // still sends until its close arrives. Closing a socket with unread input resets
+        // the connection, and the client would lose our close frame and its code.
+        let drain = async {
+            while let Some(Ok(message)) = stream.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    }
 }
 
 /// The reader's state of one connection.
