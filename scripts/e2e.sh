@@ -45,7 +45,7 @@ archiver_port=$(free_port); gw1=$(free_port); gw2=$(free_port)
 
 step "starting the services (prefix $CHAT_PREFIX)"
 ARCHIVER_LISTEN=127.0.0.1:$archiver_port DATABASE_URL="sqlite://$work/archive.db" "$BIN/archiver" >"$work/archiver.log" 2>&1 & pids+=($!)
-LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
+LOGGER_LISTEN=127.0.0.1:$(free_port) LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
 GATEWAY_LISTEN=127.0.0.1:$gw1 GATEWAY_ID=gw-e2e-1 "$BIN/gateway" >"$work/gw1.log" 2>&1 & pids+=($!)
 GATEWAY_LISTEN=127.0.0.1:$gw2 GATEWAY_ID=gw-e2e-2 "$BIN/gateway" >"$work/gw2.log" 2>&1 & pids+=($!)
 for port in $archiver_port $gw1 $gw2; do wait_port "$port" 30; done

@@ -1,6 +1,6 @@
-//! The archiver's HTTP API (docs/api.md): rooms and pages of a room's history, plus a
-//! health probe. Every bad query parameter gets a 400 with a JSON body naming the problem;
-//! unknown paths get a JSON 404.
+//! The archiver's HTTP API (docs/api.md, described in OpenAPI at `/api/openapi.json`):
+//! rooms, pages of a room's history, full-text search, plus a health probe. Every bad query
+//! parameter gets a 400 with a JSON body naming the problem; unknown paths get a JSON 404.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,7 +14,28 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::search::{self, Query};
 use crate::store::{LookupError, Store};
+
+/// The OpenAPI 3.1 description of this API, served as is.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every path [`routes`] answers, as OpenAPI templates. Keep it in step with [`routes`]: a
+/// test checks that the OpenAPI document describes exactly these paths and that each one
+/// answers.
+pub const PATHS: [&str; 8] = [
+    "/api/rooms",
+    "/api/rooms/{room}/events",
+    "/api/search",
+    "/api/openapi.json",
+    "/healthz",
+    "/readyz",
+    "/livez",
+    "/metrics",
+];
+
+/// A refused request: the error code and the message of a 400.
+type Invalid = (&'static str, String);
 
 /// Health of the parts the archiver needs.
 #[derive(Clone)]
@@ -32,7 +53,9 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     rooms(store.clone())
         .or(room_events(store.clone()))
-        .or(healthz(store, health))
+        .or(search(store.clone()))
+        .or(openapi())
+        .or(probes(store, health))
         .recover(not_found)
 }
 
@@ -77,31 +100,59 @@ fn room_events(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rej
         )
 }
 
-/// GET /healthz: 200 while the database answers and both consumers run, else 503.
-fn healthz(
+/// GET /api/search?q=words&room=lobby&limit=50
+fn search(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "search")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_store(store))
+        .then(|query: HashMap<String, String>, store: Store| async move {
+            let search = match SearchQuery::parse(&query) {
+                Ok(search) => search,
+                Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
+            };
+            match store
+                .search(&search.query, search.room.as_deref(), search.limit)
+                .await
+            {
+                Ok(events) => json(
+                    StatusCode::OK,
+                    &SearchBody {
+                        query: search.query.text(),
+                        events,
+                    },
+                ),
+                Err(err) => database_error(&err),
+            }
+        })
+}
+
+/// GET /api/openapi.json
+fn openapi() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::with_header(OPENAPI, "content-type", "application/json"))
+}
+
+/// `/livez`, `/readyz` and `/healthz` (200 while the database answers and both consumers
+/// run, else 503), `/metrics`.
+fn probes(
     store: Store,
     health: Health,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    warp::path!("healthz")
-        .and(warp::get())
-        .and(with_store(store))
-        .then(move |store: Store| {
-            let health = health.clone();
-            async move {
-                let body = HealthBody {
-                    database: store.ping().await,
-                    broker: health.subscriber.is_ready(),
-                    history: health.history.is_ready(),
-                };
-                let ok = body.database && body.broker && body.history;
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                json(status, &body)
-            }
+    let ready: chat_core::probes::Readiness = Arc::new(move || {
+        let (store, health) = (store.clone(), health.clone());
+        Box::pin(async move {
+            let body = HealthBody {
+                database: store.ping().await,
+                broker: health.subscriber.is_ready(),
+                history: health.history.is_ready(),
+            };
+            let ok = body.database && body.broker && body.history;
+            (ok, serde_json::to_value(&body).unwrap_or_default())
         })
+    });
+    chat_core::probes::routes(ready)
 }
 
 /// Validated query of a history page.
@@ -111,23 +162,10 @@ struct PageQuery {
 }
 
 impl PageQuery {
-    fn parse(room: &str, query: &HashMap<String, String>) -> Result<Self, (&'static str, String)> {
+    fn parse(room: &str, query: &HashMap<String, String>) -> Result<Self, Invalid> {
         normalize::room(room).map_err(|e| ("invalid_room", e.to_string()))?;
-        if let Some(unknown) = query.keys().find(|k| *k != "limit" && *k != "before") {
-            return Err(("invalid_query", format!("unknown parameter {unknown:?}")));
-        }
-        let limit = match query.get("limit") {
-            None => 50,
-            Some(raw) => match raw.parse::<u32>() {
-                Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
-                _ => {
-                    return Err((
-                        "invalid_limit",
-                        format!("limit must be an integer from 1 to {MAX_HISTORY}"),
-                    ))
-                }
-            },
-        };
+        only(query, &["limit", "before"])?;
+        let limit = limit(query, 50, MAX_HISTORY)?;
         let before = match query.get("before") {
             Some(id) if id.is_empty() => {
                 return Err(("invalid_before", "before must be an event id".to_owned()))
@@ -135,6 +173,54 @@ impl PageQuery {
             other => other.cloned(),
         };
         Ok(Self { limit, before })
+    }
+}
+
+/// Validated query of a search.
+struct SearchQuery {
+    query: Query,
+    room: Option<String>,
+    limit: u32,
+}
+
+impl SearchQuery {
+    fn parse(query: &HashMap<String, String>) -> Result<Self, Invalid> {
+        only(query, &["q", "room", "limit"])?;
+        let words = query.get("q").map_or("", String::as_str);
+        let words = Query::parse(words).map_err(|e| ("invalid_query", format!("q: {e}")))?;
+        let room = query
+            .get("room")
+            .map(|room| normalize::room(room).map(str::to_owned))
+            .transpose()
+            .map_err(|e| ("invalid_room", e.to_string()))?;
+        let limit = limit(query, search::DEFAULT_RESULTS, search::MAX_RESULTS)?;
+        Ok(Self {
+            query: words,
+            room,
+            limit,
+        })
+    }
+}
+
+/// Refuses any parameter not in `allowed`.
+fn only(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Invalid> {
+    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(("invalid_query", format!("unknown parameter {unknown:?}"))),
+        None => Ok(()),
+    }
+}
+
+/// The `limit` parameter: `default` when absent, else an integer from 1 to `max`.
+fn limit(query: &HashMap<String, String>, default: u32, max: u32) -> Result<u32, Invalid> {
+    match query.get("limit") {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err((
+                "invalid_limit",
+                format!("limit must be an integer from 1 to {max}"),
+            )),
+        },
     }
 }
 
@@ -151,6 +237,14 @@ struct EventsBody {
     /// Pass as `before` to get the previous page; absent when the page is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     before: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SearchBody {
+    /// The words searched for, separated by single spaces.
+    query: String,
+    /// The matching messages, newest first.
+    events: Vec<Event>,
 }
 
 #[derive(Serialize)]

@@ -1,12 +1,14 @@
 //! The archiver: a side subscriber that stores every event in SQLite, the chat's queryable
 //! memory. It binds its own durable queue (`<prefix>.archiver`), commits batches before
 //! acking them, answers gateways' history requests over the broker (`<prefix>.history`) and
-//! serves the history over HTTP.
+//! serves the history and a full-text search of it over HTTP.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
+pub mod export;
 pub mod rpc;
+pub mod search;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -25,7 +27,8 @@ pub use store::Store;
 pub struct Config {
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// SQLite database of the archive; created, with its directory, if missing.
+    /// SQLite database of the archive. `serve` creates it, with its directory, if missing;
+    /// the other commands need it to exist.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -103,6 +106,11 @@ struct ArchiveSink(Store);
 impl EventSink for ArchiveSink {
     async fn write(&mut self, events: &[Event]) -> anyhow::Result<()> {
         let inserted = self.0.insert(events).await?;
+        metrics::counter!("chat_events_archived_total").increment(inserted);
+        if let Some(newest) = events.iter().map(|e| e.at).max() {
+            let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("chat_archive_lag_seconds").set(lag);
+        }
         tracing::debug!(batch = events.len(), inserted, "archived a batch");
         Ok(())
     }

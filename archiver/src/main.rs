@@ -8,14 +8,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::History {
-            room,
-            limit,
-            before,
-        }) => {
-            archiver::cli::print_history(&cli.config.database_url, &room, limit, before.as_deref())
-                .await
-        }
+        Some(Command::Read(command)) => archiver::cli::run(command, &cli.config.database_url).await,
         Some(Command::Serve) | None => serve(cli.config).await,
     };
     if let Err(err) = &result {

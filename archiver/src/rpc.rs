@@ -110,7 +110,16 @@ async fn respond(channel: &Channel, store: &Store, delivery: Delivery) -> anyhow
     let correlation_id = delivery.properties.correlation_id().clone();
     if let Some(reply_to) = reply_to {
         let reply = match serde_json::from_slice::<HistoryRequest>(&delivery.data) {
-            Ok(request) => answer(store, &request).await,
+            Ok(request) => {
+                let reply = answer(store, &request).await;
+                let outcome = match (&reply.error, &reply.since_error) {
+                    (Some(_), _) => "error",
+                    (None, Some(_)) => "bad_since",
+                    (None, None) => "ok",
+                };
+                metrics::counter!("chat_history_requests_total", "outcome" => outcome).increment(1);
+                reply
+            }
             Err(err) => HistoryReply {
                 events: Vec::new(),
                 since_error: None,

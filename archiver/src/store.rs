@@ -1,19 +1,24 @@
 //! The SQLite archive. Opened in WAL mode so history reads never wait for the writer, with
 //! `synchronous=FULL` because the archiver acks the broker right after a commit: an acked
 //! event must survive a power cut, and batching keeps the fsync cost per event small.
-//! Inserts are idempotent by event id, so a redelivered event leaves one row.
+//! Inserts are idempotent by event id, so a redelivered event leaves one row. Every query
+//! that reads events lives here, so that the SQL and the row decoding stay in one place.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use chat_core::event::{format_time, Event, EventKind, SCHEMA_VERSION};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::Row;
+
+use crate::search::Query;
 
 /// The archive, cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
@@ -47,7 +52,22 @@ pub enum LookupError {
     Database(#[from] sqlx::Error),
 }
 
-const EVENT_COLUMNS: &str = "id, type, room, user, text, at, gateway";
+/// Where a forward read of a room starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// At this time: events whose `at` is this instant or later.
+    At(DateTime<Utc>),
+    /// Just after this event of the room.
+    After(String),
+}
+
+/// The columns [`row_to_event`] reads. A macro rather than a constant so that queries are
+/// `concat!`-ed into `&'static str`s, which a returned stream can borrow.
+macro_rules! event_columns {
+    () => {
+        "id, type, room, user, text, at, gateway"
+    };
+}
 
 impl Store {
     /// Opens (creating it and its directory if missing) and migrates the archive.
@@ -160,8 +180,10 @@ impl Store {
             Some(id) => self.seq_of(room, id).await?,
             None => i64::MAX,
         };
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
         ))
         .bind(room)
         .bind(bound)
@@ -184,19 +206,82 @@ impl Store {
         since: &str,
         max: u32,
     ) -> Result<Vec<Event>, LookupError> {
-        let seq = self.seq_of(room, since).await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
-        ))
-        .bind(room)
-        .bind(seq)
-        .bind(i64::from(max) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.len() > max as usize {
+        let events = self
+            .page_from(room, &Start::After(since.to_owned()), max.saturating_add(1))
+            .await?;
+        if events.len() > max as usize {
             return Err(LookupError::TooOld(max));
         }
+        Ok(events)
+    }
+
+    /// Up to `limit` events of `room` from `start` on, oldest first (paging forward).
+    pub async fn page_from(
+        &self,
+        room: &str,
+        start: &Start,
+        limit: u32,
+    ) -> Result<Vec<Event>, LookupError> {
+        let query = match start {
+            Start::After(id) => sqlx::query(concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
+            ))
+            .bind(room)
+            .bind(self.seq_of(room, id).await?),
+            // `at` is stored as `format_time` text, whose order is time order; the bound is
+            // rounded up to the stored millisecond precision so that "at or after" stays exact.
+            Start::At(at) => sqlx::query(concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events WHERE room = ? AND at >= ? ORDER BY seq LIMIT ?"
+            ))
+            .bind(room)
+            .bind(format_time(&ceil_millis(*at))),
+        };
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` messages matching `query`, newest first (archive order), in `room` only
+    /// if given. The FTS5 index yields its matches newest first, so a search stops after
+    /// `limit` hits instead of sorting every match.
+    pub async fn search(
+        &self,
+        query: &Query,
+        room: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.type, e.room, e.user, e.text, e.at, e.gateway
+             FROM events_fts JOIN events AS e ON e.seq = events_fts.rowid
+             WHERE events_fts MATCH ?1 AND (?2 IS NULL OR e.room = ?2)
+             ORDER BY events_fts.rowid DESC LIMIT ?3",
+        )
+        .bind(query.to_fts())
+        .bind(room)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    /// Every event of `room`, oldest first, decoded as SQLite yields the rows: a room of any
+    /// size is never held in memory. The stream reads one consistent snapshot (one
+    /// statement), however long the reader takes, while the service goes on writing.
+    pub fn room_events<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> impl Stream<Item = Result<Event, sqlx::Error>> + Send + 'a {
+        sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE room = ? ORDER BY seq"
+        ))
+        .bind(room)
+        .fetch(&self.pool)
+        .map(|row| row_to_event(&row?))
     }
 
     /// Checks that the database answers, for readiness probes.
@@ -216,6 +301,16 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| LookupError::UnknownEvent(id.to_owned(), room.to_owned()))
+    }
+}
+
+/// The first millisecond at or after `at` (stored times have millisecond precision).
+fn ceil_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at);
+    if floor < at {
+        floor + TimeDelta::milliseconds(1)
+    } else {
+        floor
     }
 }
 

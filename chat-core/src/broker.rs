@@ -102,17 +102,25 @@ impl Supervisor {
 
     /// The next connection, after backoff if the last one failed; `None` on shutdown.
     pub async fn connect(&mut self) -> Option<Connection> {
-        connect_with_retry(&self.url, &self.service, &mut self.backoff, &self.shutdown).await
+        let connection =
+            connect_with_retry(&self.url, &self.service, &mut self.backoff, &self.shutdown).await;
+        if connection.is_some() {
+            metrics::counter!("chat_broker_connects_total", "service" => self.service.clone())
+                .increment(1);
+        }
+        connection
     }
 
     /// Tells the supervisor the session is fully up, so the next outage starts its backoff
     /// from the shortest delay again.
     pub fn up(&mut self) {
         self.backoff.reset();
+        metrics::gauge!("chat_broker_connected", "service" => self.service.clone()).set(1.0);
     }
 
     /// Closes the connection after a session; returns whether to start another one.
     pub async fn ended(&mut self, connection: Connection, outcome: anyhow::Result<()>) -> bool {
+        metrics::gauge!("chat_broker_connected", "service" => self.service.clone()).set(0.0);
         let _ = connection.close(200, "closing".into()).await;
         match outcome {
             Ok(()) => false,

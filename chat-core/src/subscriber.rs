@@ -155,6 +155,7 @@ async fn consume<S: EventSink>(
         let Some((events, last_delivery)) = accept_valid(&config.name, batch).await? else {
             continue;
         };
+        let started = std::time::Instant::now();
         if !write_with_retry(sink, &events, &config.name, shutdown).await {
             // Shutdown during a storage outage: leave the batch unacked; the broker
             // redelivers it to the next run.
@@ -169,6 +170,20 @@ async fn consume<S: EventSink>(
             // broker will redeliver the batch, which the idempotent sink absorbs.
             bail!("the channel was lost before the batch could be acked");
         }
+        record_batch(&config.name, &events, started);
+    }
+}
+
+/// Batch metrics: duration, count, and how old the newest event was once stored.
+fn record_batch(subscriber: &str, events: &[Event], started: std::time::Instant) {
+    let name = subscriber.to_owned();
+    metrics::histogram!("chat_batch_seconds", "subscriber" => name.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("chat_events_stored_total", "subscriber" => name.clone())
+        .increment(events.len() as u64);
+    if let Some(newest) = events.iter().map(|e| e.at).max() {
+        let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::gauge!("chat_subscriber_lag_seconds", "subscriber" => name).set(lag);
     }
 }
 
@@ -188,6 +203,8 @@ async fn accept_valid(
                 last_valid = Some(delivery);
             }
             Err(err) => {
+                metrics::counter!("chat_dead_lettered_total", "consumer" => subscriber.to_owned())
+                    .increment(1);
                 tracing::warn!(
                     subscriber,
                     error = %err,

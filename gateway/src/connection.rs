@@ -67,6 +67,7 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         })
         .await;
 
+    let _connected = ConnectedGauge::new();
     let mut limiter = RateLimiter::new(state.config.rate_limit, state.config.rate_burst);
     let (code, reason) = loop {
         let frame = tokio::select! {
@@ -92,6 +93,7 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         match limiter.check() {
             Verdict::Allow => {}
             Verdict::Limited => {
+                metrics::counter!("chat_rate_limited_total").increment(1);
                 client
                     .reject(Rejection::new(
                         None,
@@ -106,6 +108,8 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
             }
             Verdict::Flooding => {
                 tracing::warn!(conn = client.conn, "disconnecting a flooding client");
+                metrics::counter!("chat_clients_disconnected_total", "reason" => "flood")
+                    .increment(1);
                 break (CLOSE_POLICY, "flooding: too many messages");
             }
         }
@@ -151,6 +155,22 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
             }
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    }
+}
+
+/// Counts the connection in `chat_clients_connected` for as long as it lives.
+struct ConnectedGauge;
+
+impl ConnectedGauge {
+    fn new() -> Self {
+        metrics::gauge!("chat_clients_connected").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ConnectedGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("chat_clients_connected").decrement(1.0);
     }
 }
 

@@ -141,7 +141,29 @@ impl Link {
         event: &Event,
         payload: &[u8],
     ) -> Result<(), PublishError> {
-        let deadline = Instant::now() + self.publish_timeout;
+        let started = Instant::now();
+        let outcome = self
+            .confirm_or_retry(first, event, payload, started + self.publish_timeout)
+            .await;
+        match &outcome {
+            Ok(()) => {
+                metrics::histogram!("chat_publish_confirm_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("chat_events_published_total", "type" => event.kind.as_str())
+                    .increment(1);
+            }
+            Err(_) => metrics::counter!("chat_publish_failures_total").increment(1),
+        }
+        outcome
+    }
+
+    async fn confirm_or_retry(
+        &self,
+        first: Result<PendingConfirm, PublishError>,
+        event: &Event,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<(), PublishError> {
         let mut attempt = first;
         loop {
             let outcome = match attempt {
@@ -360,6 +382,7 @@ async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<()> {
             }
         }
         Err(err) => {
+            metrics::counter!("chat_dead_lettered_total", "consumer" => "gateway").increment(1);
             tracing::warn!(error = %err, bytes = delivery.data.len(), "dead-lettering a delivery that is not a valid event");
             delivery
                 .reject(BasicRejectOptions { requeue: false })

@@ -54,7 +54,7 @@ pub async fn run(mut link: Link, rooms: Arc<Rooms>, shutdown: CancellationToken)
 
 /// One pass over every room with local members.
 async fn repair(link: &Link, rooms: &Rooms, from: DateTime<Utc>) {
-    let mut recovered = 0;
+    let mut recovered: u64 = 0;
     for room in rooms.names() {
         let request = HistoryRequest {
             room: room.to_string(),
@@ -74,6 +74,7 @@ async fn repair(link: &Link, rooms: &Rooms, from: DateTime<Utc>) {
             }
         }
     }
+    metrics::counter!("chat_events_recovered_total").increment(recovered);
     if recovered > 0 {
         tracing::info!(recovered, "delivered events missed during a broker outage");
     }

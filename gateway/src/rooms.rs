@@ -89,7 +89,13 @@ impl Rooms {
             .first_time(&event.id);
         if fresh {
             let frame = Message::text(event_frame(event));
-            self.fanout(&event.room, &Arc::from(event.id.as_str()), &frame);
+            let delivered = self.fanout(&event.room, &Arc::from(event.id.as_str()), &frame);
+            metrics::counter!("chat_events_delivered_total").increment(delivered as u64);
+            let age = (chrono::Utc::now() - event.at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0);
+            metrics::histogram!("chat_delivery_latency_seconds").record(age as f64 / 1e6);
         }
         fresh
     }
@@ -113,6 +119,7 @@ impl Rooms {
             None => Arc::from(room),
         };
         rooms.entry(name.clone()).or_default().insert(conn, member);
+        metrics::gauge!("chat_rooms_active").set(rooms.len() as f64);
         name
     }
 
@@ -124,6 +131,7 @@ impl Rooms {
             if members.is_empty() {
                 rooms.remove(room);
             }
+            metrics::gauge!("chat_rooms_active").set(rooms.len() as f64);
         }
     }
 
@@ -143,7 +151,13 @@ impl Rooms {
             };
             match member.outbox.try_send(out) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => member.kick.cancel(),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !member.kick.is_cancelled() {
+                        metrics::counter!("chat_clients_disconnected_total", "reason" => "slow")
+                            .increment(1);
+                    }
+                    member.kick.cancel();
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }

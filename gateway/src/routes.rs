@@ -1,5 +1,6 @@
 //! The gateway's plain HTTP surface on warp: the page (`/`, `/app.js`, `/style.css`,
-//! embedded in the binary so it runs from any directory) and the health probe (`/healthz`).
+//! embedded in the binary so it runs from any directory) and the probes and metrics
+//! (`/livez`, `/readyz`, `/healthz`, `/metrics`, see `chat_core::probes`).
 //! The websocket (`/ws`) is upgraded in `upgrade.rs`. The page is served with a Content-Security-Policy that forbids inline
 //! script, so even a rendering bug could not turn user text into running code.
 
@@ -8,6 +9,8 @@ use std::sync::Arc;
 
 use warp::http::{header, StatusCode};
 use warp::{Filter, Rejection, Reply};
+
+use chat_core::probes;
 
 use crate::State;
 
@@ -25,7 +28,7 @@ const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'sel
 pub fn routes(
     state: Arc<State>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    page().or(healthz(state)).recover(not_found)
+    page().or(probes(state)).recover(not_found)
 }
 
 /// GET /, /app.js, /style.css
@@ -62,23 +65,23 @@ fn asset(body: &'static str, content_type: &'static str) -> warp::reply::Respons
     response
 }
 
-/// GET /healthz: 200 while the broker link is up, 503 otherwise.
-fn healthz(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).map(move || {
-        let ready = state.link.is_ready();
-        let body = serde_json::json!({
-            "gateway": state.gateway_id,
-            "broker": ready,
-            "rooms": state.rooms.room_count(),
-            "clients": state.connections.len(),
-        });
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        warp::reply::with_status(warp::reply::json(&body), status)
-    })
+/// `/livez`, `/readyz` and `/healthz` (200 while the broker link is up, 503 otherwise),
+/// `/metrics`.
+fn probes(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let ready: probes::Readiness = Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move {
+            let ready = state.link.is_ready();
+            let body = serde_json::json!({
+                "gateway": state.gateway_id,
+                "broker": ready,
+                "rooms": state.rooms.room_count(),
+                "clients": state.connections.len(),
+            });
+            (ready, body)
+        })
+    });
+    probes::routes(ready)
 }
 
 async fn not_found(rejection: Rejection) -> Result<impl Reply, Infallible> {

@@ -247,6 +247,7 @@ async fn no_acked_message_is_lost_when_the_archiver_and_logger_are_killed_mid_st
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("chat.log");
     let http = free_port();
+    let logger_http = free_port();
     let env = vec![
         ("CHAT_PREFIX", prefix.clone()),
         (
@@ -256,16 +257,10 @@ async fn no_acked_message_is_lost_when_the_archiver_and_logger_are_killed_mid_st
         ("ARCHIVER_LISTEN", http.to_string()),
         ("LOG_FILE", log.display().to_string()),
         ("LOGGER_STDOUT", "false".to_owned()),
+        ("LOGGER_LISTEN", logger_http.to_string()),
     ];
     let mut archiver = Process::start("archiver", &env, Some(http)).await;
-    let mut logger = Process::start("logger", &env, None).await;
-    // The logger has no HTTP probe: wait until its durable queue exists, or the first events
-    // would be published before there is a queue to keep them.
-    let queue = broker.topology.subscriber_queue("logger");
-    eventually(WAIT, "the logger's queue", || async {
-        broker.queue_exists(&queue).await.then_some(())
-    })
-    .await;
+    let mut logger = Process::start("logger", &env, Some(logger_http)).await;
     let gateway = start_gateway(
         &prefix,
         &["--rate-limit", "100000", "--rate-burst", "100000"],
@@ -285,7 +280,7 @@ async fn no_acked_message_is_lost_when_the_archiver_and_logger_are_killed_mid_st
         }
         if n == 200 {
             archiver = Process::start("archiver", &env, Some(http)).await;
-            logger = Process::start("logger", &env, None).await;
+            logger = Process::start("logger", &env, Some(logger_http)).await;
         }
         acked.push(
             say(&mut alice, "lobby", &format!("m-{n}"))

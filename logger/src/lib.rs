@@ -2,36 +2,42 @@
 //! It binds its own durable queue (`<prefix>.logger`) to the events exchange, so events
 //! published while it is down wait for it; it appends one line per event to `LOG_FILE`
 //! (and echoes it to stdout) and acks a batch only once the lines are flushed and synced.
+//! SIGHUP makes it reopen the file, for logrotate; `logger tail` reads it back.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 mod sink;
+pub mod tail;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
 use chat_core::broker::{redact, BrokerArgs};
+use chat_core::probes;
 use chat_core::subscriber::{self, Readiness, SubscriberConfig};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use warp::Filter;
 
 pub use sink::LogFile;
 
 /// Logger settings; every one is a flag and an environment variable.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "logger",
-    version,
-    about = "Writes every chat event to a tailable log file"
-)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
     pub broker: BrokerArgs,
     /// The chat log file; its directory is created if missing.
-    #[arg(long, env = "LOG_FILE", default_value = "data/chat.log")]
+    #[arg(long, env = "LOG_FILE", default_value = "data/chat.log", global = true)]
     pub log_file: PathBuf,
     /// Also print each line to stdout.
     #[arg(long, env = "LOGGER_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     pub stdout: bool,
+    /// Address of the probes and metrics (`/livez`, `/readyz`, `/healthz`, `/metrics`).
+    #[arg(long, env = "LOGGER_LISTEN", default_value = "127.0.0.1:3200")]
+    pub listen: SocketAddr,
     /// Most unacked deliveries in flight (AMQP prefetch).
     #[arg(long, env = "LOGGER_PREFETCH", default_value_t = 512)]
     pub prefetch: u16,
@@ -41,27 +47,78 @@ pub struct Config {
 }
 
 /// Runs the logger until `shutdown` is cancelled; the batch in hand is written and acked
-/// before it returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// before it returns. Setting `reopen` makes it reopen the log file before its next write
+/// (the binary sets it on SIGHUP).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    reopen: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topology = config.broker.topology()?;
-    let sink = LogFile::open(&config.log_file, config.stdout)
+    let sink = LogFile::open(&config.log_file, config.stdout, reopen)
         .await
         .with_context(|| format!("Failed to open the chat log {}", config.log_file.display()))?;
     tracing::info!(
         log_file = %config.log_file.display(),
+        http = %listener.local_addr()?,
         broker = %redact(&config.broker.amqp_url),
         prefix = topology.prefix(),
         prefetch = config.prefetch,
         batch_max = config.batch_max,
         "logger starting"
     );
-    let subscriber = SubscriberConfig {
-        amqp_url: config.broker.amqp_url.clone(),
-        topology,
-        name: "logger".to_owned(),
-        prefetch: config.prefetch,
-        batch_max: config.batch_max.max(1),
-    };
-    subscriber::run(subscriber, sink, Arc::new(Readiness::default()), shutdown).await;
+    let readiness = Arc::new(Readiness::default());
+    let subscriber = tokio::spawn(subscriber::run(
+        SubscriberConfig {
+            amqp_url: config.broker.amqp_url.clone(),
+            topology,
+            name: "logger".to_owned(),
+            prefetch: config.prefetch,
+            batch_max: config.batch_max.max(1),
+        },
+        sink,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let ready: probes::Readiness = Arc::new(move || {
+        let broker = readiness.is_ready();
+        Box::pin(async move { (broker, serde_json::json!({ "broker": broker })) })
+    });
+    let routes = probes::routes(ready).recover(|_| async {
+        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
+            warp::reply::json(
+                &serde_json::json!({"error": {"code": "not_found", "message": "no such endpoint"}}),
+            ),
+            warp::http::StatusCode::NOT_FOUND,
+        ))
+    });
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned())
+        .run()
+        .await;
+    let _ = subscriber.await;
+    tracing::info!("logger stopped");
     Ok(())
+}
+
+/// Sets `reopen` on every SIGHUP until `shutdown`.
+pub async fn reopen_on_sighup(reopen: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            signal = hangups.recv() => {
+                if signal.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reopening the chat log");
+                reopen.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }

@@ -1,11 +1,37 @@
-//! `logger`: parses settings, starts logging, runs until Ctrl-C or SIGTERM.
+//! `logger`: parses settings, then serves (until Ctrl-C or SIGTERM; SIGHUP reopens the log
+//! file) or runs `tail`.
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
 use clap::Parser;
+use logger::cli::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Tail {
+            room,
+            follow,
+            lines,
+        }) => logger::tail::run(&cli.config.log_file, room.as_deref(), lines, follow).await,
+        Some(Command::Serve) | None => serve(cli.config).await,
+    };
+    if let Err(err) = &result {
+        tracing::error!(error = format!("{err:#}"), "logger failed");
+        eprintln!("logger: {err:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn serve(config: logger::Config) -> anyhow::Result<()> {
     chat_core::telemetry::init();
-    let config = logger::Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("Failed to listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -14,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    logger::run(config, shutdown).await.inspect_err(|err| {
-        tracing::error!(error = format!("{err:#}"), "logger failed");
-    })
+    let reopen = Arc::new(AtomicBool::new(false));
+    tokio::spawn(logger::reopen_on_sighup(reopen.clone(), shutdown.clone()));
+    logger::run(listener, config, reopen, shutdown).await
 }

@@ -2,6 +2,8 @@
 //! cannot write is never acked, so it waits in the durable queue and is logged once the
 //! logger can write again.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::testkit::{amqp_url, eventually, unique_prefix, Broker};
@@ -19,7 +21,7 @@ fn start(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let url = amqp_url();
-    let config = logger::Config::try_parse_from([
+    let cli = logger::cli::Cli::try_parse_from([
         "logger",
         "--prefix",
         prefix,
@@ -31,8 +33,12 @@ fn start(
         "false",
     ])
     .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(logger::run(config, shutdown.clone()));
+    let reopen = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(logger::run(listener, cli.config, reopen, shutdown.clone()));
     (shutdown, task)
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use chat_core::testkit::{amqp_url, eventually, http_get, Broker};
+use chat_core::testkit::{amqp_url, eventually, http_get};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -97,11 +97,13 @@ pub async fn start_archiver(prefix: &str, db: &Path) -> Service {
     }
 }
 
-/// Starts a logger writing to `file` and waits until its queue exists.
+/// Starts a logger writing to `file` and waits until it consumes.
 pub async fn start_logger(prefix: &str, file: &Path) -> Service {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let url = amqp_url();
     let file = file.display().to_string();
-    let config = logger::Config::try_parse_from([
+    let cli = logger::cli::Cli::try_parse_from([
         "logger",
         "--prefix",
         prefix,
@@ -114,16 +116,11 @@ pub async fn start_logger(prefix: &str, file: &Path) -> Service {
     ])
     .unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(logger::run(config, shutdown.clone()));
-    let broker = Broker::connect(prefix).await;
-    let queue = broker.topology.subscriber_queue("logger");
-    eventually(WAIT, "the logger's queue", || {
-        let (broker, queue) = (&broker, &queue);
-        async move { broker.queue_exists(queue).await.then_some(()) }
-    })
-    .await;
+    let reopen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = tokio::spawn(logger::run(listener, cli.config, reopen, shutdown.clone()));
+    wait_healthy(addr).await;
     Service {
-        addr: None,
+        addr: Some(addr),
         shutdown,
         task,
     }

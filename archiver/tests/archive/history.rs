@@ -1,88 +1,14 @@
-//! The archiver against the real broker and a real SQLite file: idempotent storage, the
-//! HTTP history API with its errors, and the `history` command.
+//! Storage and the HTTP history API: idempotent storage, paging with its errors, and a
+//! storage failure that is retried.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_core::testkit::{amqp_url, eventually, http_get, unique_prefix, Broker};
-use chat_core::{Event, EventKind};
-use clap::Parser;
-use sqlx::Connection;
+use chat_core::testkit::{unique_prefix, Broker};
+use chat_core::Event;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use sqlx::Connection;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Running {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    database_url: String,
-}
-
-async fn start(prefix: &str, dir: &std::path::Path) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let database_url = format!("sqlite://{}", dir.join("archive.db").display());
-    let url = amqp_url();
-    let cli = archiver::cli::Cli::try_parse_from([
-        "archiver",
-        "--prefix",
-        prefix,
-        "--amqp-url",
-        &url,
-        "--database-url",
-        &database_url,
-    ])
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(archiver::run(listener, cli.config, shutdown.clone()));
-    eventually(WAIT, "a healthy archiver", || async move {
-        (http_get(addr, "/healthz").await.0 == 200).then_some(())
-    })
-    .await;
-    Running {
-        addr,
-        shutdown,
-        task,
-        database_url,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let (status, body) = http_get(self.addr, path).await;
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-
-    async fn wait_for_count(&self, room: &str, count: i64) {
-        eventually(WAIT, "the archived count", || async move {
-            let (_, rooms) = self.get("/api/rooms").await;
-            rooms["rooms"]
-                .as_array()?
-                .iter()
-                .any(|r| r["room"] == room && r["events"] == count)
-                .then_some(())
-        })
-        .await;
-    }
-}
-
-fn message(room: &str, text: &str) -> Event {
-    Event::new(
-        EventKind::Message,
-        room,
-        "alice",
-        Some(text.to_owned()),
-        "gw-test",
-    )
-}
+use crate::helpers::{message, start};
 
 #[tokio::test]
 async fn an_event_delivered_twice_is_archived_once() {
@@ -188,48 +114,6 @@ async fn the_http_api_lists_rooms_and_pages_back_through_a_room() {
 }
 
 #[tokio::test]
-async fn the_history_command_prints_a_room_in_the_log_format() {
-    let prefix = unique_prefix("cli");
-    let broker = Broker::connect(&prefix).await;
-    let dir = tempfile::tempdir().unwrap();
-    let archiver = start(&prefix, dir.path()).await;
-    let mut event = message("lobby", "two\nlines");
-    event.at = "2026-11-28T15:03:15.123Z".parse().unwrap();
-    broker.publish_event(&event).await;
-    archiver.wait_for_count("lobby", 1).await;
-    let database_url = archiver.database_url.clone();
-    archiver.stop().await;
-
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_archiver"))
-        .args([
-            "history",
-            "lobby",
-            "--limit",
-            "20",
-            "--database-url",
-            &database_url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        String::from_utf8(output.stdout).unwrap(),
-        "2026-11-28T15:03:15.123Z #lobby <alice> two\\nlines\n"
-    );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_archiver"))
-        .args(["history", "no room", "--database-url", &database_url])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("room must be"));
-    broker.cleanup().await;
-}
-
-#[tokio::test]
 async fn a_storage_failure_is_retried_and_loses_nothing() {
     let prefix = unique_prefix("storage");
     let broker = Broker::connect(&prefix).await;
@@ -238,15 +122,26 @@ async fn a_storage_failure_is_retried_and_loses_nothing() {
 
     // Another process holds the write lock longer than the archiver's 5 s busy timeout, so
     // its inserts fail with SQLITE_BUSY until the lock goes away.
-    let mut locker = sqlx::SqliteConnection::connect(&archiver.database_url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
-    let events: Vec<Event> = (0..5).map(|n| message("lobby", &format!("blocked-{n}"))).collect();
+    let mut locker = sqlx::SqliteConnection::connect(&archiver.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..5)
+        .map(|n| message("lobby", &format!("blocked-{n}")))
+        .collect();
     for event in &events {
         broker.publish_event(event).await;
     }
     tokio::time::sleep(Duration::from_millis(6500)).await;
     let (_, rooms) = archiver.get("/api/rooms").await;
-    assert_eq!(rooms["rooms"], Value::Array(vec![]), "nothing stored while locked");
+    assert_eq!(
+        rooms["rooms"],
+        Value::Array(vec![]),
+        "nothing stored while locked"
+    );
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
 
     archiver.wait_for_count("lobby", 5).await;
