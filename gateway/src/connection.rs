@@ -25,7 +25,7 @@ pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::rooms::{ConnId, Member, Outbound};
+use crate::rooms::{ConnId, Joined, Member, Outbound, SharedEvent};
 use crate::State;
 
 /// Close code when the gateway shuts down: clients reconnect elsewhere.
@@ -211,7 +211,7 @@ impl Client {
         let room: Arc<str> = Arc::from(room);
         let _ = self
             .outbox
-            .send(Outbound::Joining { room: room.clone() })
+            .send(Outbound::Joining(room.clone()))
             .await;
         let room = self.state.rooms.join(
             &room,
@@ -228,7 +228,7 @@ impl Client {
                 tracing::warn!(error = %err, "cannot announce a join");
                 self.joined.remove(&room);
                 self.state.rooms.leave(&room, self.conn);
-                let _ = self.outbox.send(Outbound::Left { room, frame: None }).await;
+                let _ = self.outbox.send(Outbound::Left(Box::new((room, None)))).await;
                 self.reject(unavailable(r#ref)).await;
                 return;
             }
@@ -246,7 +246,7 @@ impl Client {
             let history = match reply {
                 Ok(reply) => {
                     if let Some(reason) = &reply.since_error {
-                        frames.push(error_frame(r#ref.as_deref(), "bad_since", &format!(
+                        frames.push(error_frame_text(r#ref.as_deref(), "bad_since", &format!(
                             "cannot resume after {:?} ({reason}); here is the latest history instead",
                             request.since.as_deref().unwrap_or_default()
                         )));
@@ -255,7 +255,7 @@ impl Client {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, room = %request.room, "history unavailable");
-                    frames.push(error_frame(
+                    frames.push(error_frame_text(
                         r#ref.as_deref(),
                         "history_unavailable",
                         &format!("the history could not be loaded: {err}"),
@@ -269,14 +269,14 @@ impl Client {
                 history: &history,
             };
             // The error explaining an empty or fallback history comes first, then `joined`.
-            frames.push(Message::text(joined.encode()));
+            frames.push(joined.encode());
             let history_ids = history.into_iter().map(|e| e.id).collect();
             let _ = outbox
-                .send(Outbound::Joined {
+                .send(Outbound::Joined(Box::new(Joined {
                     room,
                     frames,
                     history_ids,
-                })
+                })))
                 .await;
         });
     }
@@ -320,7 +320,7 @@ impl Client {
                     )
                 }
             };
-            let _ = outbox.send(Outbound::Frame(Message::text(frame))).await;
+            let _ = outbox.send(Outbound::Frame(frame)).await;
         });
     }
 
@@ -342,10 +342,7 @@ impl Client {
         .encode();
         let _ = self
             .outbox
-            .send(Outbound::Left {
-                room: room.clone(),
-                frame: Some(Message::text(frame)),
-            })
+            .send(Outbound::Left(Box::new((room.clone(), Some(frame)))))
             .await;
         self.announce_leave(&room, &name);
     }
@@ -375,14 +372,14 @@ impl Client {
     async fn send(&self, frame: ServerFrame<'_>) {
         let _ = self
             .outbox
-            .send(Outbound::Frame(Message::text(frame.encode())))
+            .send(Outbound::Frame(frame.encode()))
             .await;
     }
 
     async fn reject(&self, rejection: Rejection) {
         let _ = self
             .outbox
-            .send(Outbound::Frame(error_frame(
+            .send(Outbound::Frame(error_frame_text(
                 rejection.r#ref.as_deref(),
                 rejection.code,
                 &rejection.message,
@@ -408,9 +405,6 @@ fn error_frame_text(r#ref: Option<&str>, code: &str, message: &str) -> String {
     .encode()
 }
 
-fn error_frame(r#ref: Option<&str>, code: &str, message: &str) -> Message {
-    Message::text(error_frame_text(r#ref, code, message))
-}
 
 fn close_frame(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
@@ -422,7 +416,7 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
 /// What the writer knows of a room.
 enum RoomView {
     /// Joining: live events wait here until the history has been sent.
-    Buffering(Vec<(Arc<str>, Message)>),
+    Buffering(Vec<Arc<SharedEvent>>),
     /// Joined: live events go straight out.
     Live,
 }
@@ -488,15 +482,15 @@ async fn apply(
     out: Outbound,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     match out {
-        Outbound::Frame(frame) => sink.send(frame).await,
-        Outbound::Joining { room } => {
+        Outbound::Frame(frame) => sink.send(Message::text(frame)).await,
+        Outbound::Joining(room) => {
             rooms.insert(room, RoomView::Buffering(Vec::new()));
             Ok(())
         }
-        Outbound::Event { room, id, frame } => match rooms.get_mut(&room) {
-            Some(RoomView::Live) => sink.send(frame).await,
+        Outbound::Event(event) => match rooms.get_mut(&event.room) {
+            Some(RoomView::Live) => sink.send(event.frame.clone()).await,
             Some(RoomView::Buffering(buffer)) if buffer.len() < MAX_JOIN_BUFFER => {
-                buffer.push((id, frame));
+                buffer.push(event);
                 Ok(())
             }
             Some(RoomView::Buffering(_)) => {
@@ -505,11 +499,12 @@ async fn apply(
             }
             None => Ok(()),
         },
-        Outbound::Joined {
-            room,
-            frames,
-            history_ids,
-        } => {
+        Outbound::Joined(joined) => {
+            let Joined {
+                room,
+                frames,
+                history_ids,
+            } = *joined;
             let buffer = match rooms.get_mut(&room) {
                 Some(view @ RoomView::Buffering(_)) => {
                     match std::mem::replace(view, RoomView::Live) {
@@ -526,14 +521,15 @@ async fn apply(
             let seen: HashSet<String> = history_ids.into_iter().collect();
             let fresh = buffer
                 .into_iter()
-                .filter(|(id, _)| !seen.contains(&**id))
-                .map(|(_, f)| f);
-            send_all(sink, frames.into_iter().chain(fresh)).await
+                .filter(|event| !seen.contains(&*event.id))
+                .map(|event| event.frame.clone());
+            send_all(sink, frames.into_iter().map(Message::text).chain(fresh)).await
         }
-        Outbound::Left { room, frame } => {
+        Outbound::Left(left) => {
+            let (room, frame) = *left;
             rooms.remove(&room);
             match frame {
-                Some(frame) => sink.send(frame).await,
+                Some(frame) => sink.send(Message::text(frame)).await,
                 None => Ok(()),
             }
         }

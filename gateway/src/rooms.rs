@@ -19,33 +19,43 @@ use crate::protocol::event_frame;
 /// Identifies one websocket connection within this gateway.
 pub type ConnId = u64;
 
-/// What a connection's writer receives.
+/// What a connection's writer receives. Kept small (rare variants boxed, events shared
+/// through one `Arc`): every client's queue holds up to `CLIENT_QUEUE` of these, and the
+/// queue allocates its slots in blocks of 32.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A frame to send as is (acks, errors, hello, left).
-    Frame(Message),
+    /// A JSON text frame to send as is (acks, errors, hello, left).
+    Frame(String),
     /// The client is (re)joining `room`: buffer its events until the history is sent.
-    Joining { room: Arc<str> },
-    /// The history of a joining room is ready; send `frame` (the `joined` frame, possibly
-    /// preceded by `error`), then the buffered events not already in it.
-    Joined {
-        room: Arc<str>,
-        frames: Vec<Message>,
-        history_ids: Vec<String>,
-    },
-    /// The client left `room`; stop forwarding its events and send `frame`.
-    Left {
-        room: Arc<str>,
-        frame: Option<Message>,
-    },
-    /// A live event of `room`, encoded once for all recipients.
-    Event {
-        room: Arc<str>,
-        id: Arc<str>,
-        frame: Message,
-    },
+    Joining(Arc<str>),
+    /// The history of a joining room is ready.
+    Joined(Box<Joined>),
+    /// The client left `room`; stop forwarding its events and send the frame, if any.
+    Left(Box<(Arc<str>, Option<String>)>),
+    /// A live event, encoded once for all recipients.
+    Event(Arc<SharedEvent>),
     /// Close the websocket with this code and reason.
     Close { code: u16, reason: &'static str },
+}
+
+/// The answer to a join: send `frames` (the `joined` frame, possibly preceded by an
+/// `error`), then the events buffered meanwhile that the history did not contain.
+#[derive(Debug)]
+pub struct Joined {
+    pub room: Arc<str>,
+    pub frames: Vec<String>,
+    pub history_ids: Vec<String>,
+}
+
+/// One event as every recipient gets it.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The room it belongs to.
+    pub room: Arc<str>,
+    /// Its id, to drop it from a join's buffer when the history has it already.
+    pub id: Box<str>,
+    /// The encoded `event` frame; cloning it shares the bytes.
+    pub frame: Message,
 }
 
 /// A member's way in: its queue, and a token that disconnects it when the queue is full.
@@ -88,8 +98,7 @@ impl Rooms {
             .unwrap_or_else(|e| e.into_inner())
             .first_time(&event.id);
         if fresh {
-            let frame = Message::text(event_frame(event));
-            let delivered = self.fanout(&event.room, &Arc::from(event.id.as_str()), &frame);
+            let delivered = self.fanout(event);
             metrics::counter!("chat_events_delivered_total").increment(delivered as u64);
             let age = (chrono::Utc::now() - event.at)
                 .num_microseconds()
@@ -137,19 +146,19 @@ impl Rooms {
 
     /// Sends one event to every member of its room; returns how many got it. Members whose
     /// queue is full are kicked: better a clean reconnect with `since` than a silent gap.
-    pub fn fanout(&self, room: &str, id: &Arc<str>, frame: &Message) -> usize {
+    fn fanout(&self, event: &Event) -> usize {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        let Some((name, members)) = rooms.get_key_value(room) else {
+        let Some((name, members)) = rooms.get_key_value(event.room.as_str()) else {
             return 0;
         };
+        let shared = Arc::new(SharedEvent {
+            room: name.clone(),
+            id: event.id.as_str().into(),
+            frame: Message::text(event_frame(event)),
+        });
         let mut delivered = 0;
         for member in members.values() {
-            let out = Outbound::Event {
-                room: name.clone(),
-                id: id.clone(),
-                frame: frame.clone(),
-            };
-            match member.outbox.try_send(out) {
+            match member.outbox.try_send(Outbound::Event(shared.clone())) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !member.kick.is_cancelled() {

@@ -22,9 +22,9 @@ use crate::connection;
 use crate::routes::json_error;
 use crate::State;
 
-/// Bytes read from a socket at a time. Frames larger than this are read in several
-/// reads; 4 KiB holds any ordinary chat frame.
-const READ_BUFFER: usize = 4 * 1024;
+/// The socket's read buffer, allocated up front for every connection. Ordinary chat frames
+/// fit; for a larger frame tungstenite reserves the frame's length once its header is read.
+const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write reaches the socket (frames sent together are batched).
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Bytes that may wait in one socket's write buffer before the client counts as dead.
