@@ -115,7 +115,9 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         }
         if let Some(text) = text {
             match protocol::parse(text, &state.limits) {
-                Ok(command) => client.handle(command).await,
+                // Boxed: the state of a join or say is then allocated only while it runs,
+                // instead of enlarging every idle connection's task by its size.
+                Ok(command) => Box::pin(client.handle(command)).await,
                 Err(rejection) => client.reject(rejection).await,
             }
         } else {
@@ -129,7 +131,7 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         }
     };
 
-    client.disconnect().await;
+    Box::pin(client.disconnect()).await;
     // The close frame goes through the queue, after everything already in it; a client
     // whose queue is stuck is simply cut off.
     let close = Outbound::Close { code, reason };
