@@ -20,13 +20,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// A client's socket after the upgrade.
-pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
-
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::rooms::{ConnId, Joined, Member, Outbound, SharedEvent};
 use crate::State;
+
+/// A client's socket after the upgrade.
+pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Close code when the gateway shuts down: clients reconnect elsewhere.
 const CLOSE_RESTART: u16 = 1012;
