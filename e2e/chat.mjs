@@ -2,13 +2,36 @@
 //
 //   node chat.mjs [baseA] [baseB]     (defaults http://127.0.0.1:3001 http://127.0.0.1:3002)
 //
-// Page A (alice) on gateway A and page B (bob) on gateway B join room "lobby" and exchange
-// messages, including HTML/script payloads that must show as plain text. Checks: each side
-// sees the other's messages once, own messages get acked (no longer .pending, data-id set),
-// no dialog opens, no <img>/<script> appears in #messages, no CSP violation or page error,
-// and after a reload page B shows the history. Screenshots go to e2e/screenshots/.
-// Uses the system Chromium (/usr/bin/chromium, or $CHROMIUM_PATH) through playwright-core.
-// Exits non-zero with "FAIL: <what>" on the first failed check.
+// Three phases, each reported even when an earlier one failed:
+//
+// 1. chat: page A (alice) on gateway A and page B (bob) on gateway B join room "lobby" and
+//    exchange messages, including HTML/script payloads that must show as plain text. Checks:
+//    each side sees the other's messages once, own messages get acked (no longer .pending,
+//    data-id set), no dialog opens, no <img>/<script> appears in #messages, no CSP violation
+//    or page error, and after a reload page B shows the history.
+// 2. metrics (needs E2E_ARCHIVER_URL and E2E_LOGGER_URL, the archiver's and the logger's
+//    HTTP base URLs): after the chat, /metrics of both gateways, the archiver and the logger
+//    must show the traffic: chat_events_published_total{type="message"} (gateways summed),
+//    chat_events_delivered_total, chat_events_archived_total, chat_events_logged_total all
+//    above 0, chat_clients_connected on both gateways (one open page each) and
+//    chat_broker_connected on every service. Each assertion counts in the totals.
+// 3. failover (needs E2E_GW1_PID, the process id of gateway A; it runs last because it stops
+//    that gateway): page C (carol) is opened on gateway A with ?gw=<A>/ws,<B>/ws and page D
+//    (dave) on gateway B, both in a room of their own. Dave keeps sending; gateway A gets
+//    SIGTERM. Carol must get close code 1012, reconnect to gateway B by herself (#gateway,
+//    #status), rejoin with `since` = the last event id she saw, and show every message of
+//    dave's exactly once and in order (.msg[data-id] unique), including three he sent while
+//    she was disconnected, which can only reach her through the rejoin's history. To make
+//    that window certain, carol's page runs on Playwright's clock, held from just before the
+//    SIGTERM until those three are acked: her page's own reconnect timer (50-300 ms after a
+//    1012) fires when the clock is released. A WebSocket wrapper installed with
+//    addInitScript records her sockets (URL, close code, `since`, frames) for the checks.
+//
+// Screenshots go to e2e/screenshots/ (failover-carol.png/failover-dave.png after the
+// failover, fail-*.png when a phase fails). Uses the system Chromium (/usr/bin/chromium, or
+// $CHROMIUM_PATH) through playwright-core. Prints `ok N - ...` / `not ok N - ...` lines and
+// ends with `chat e2e: P passed, F failed`; exits non-zero when anything failed. A phase
+// stops at its first failed check (metrics assertions are all evaluated).
 
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
@@ -18,18 +41,30 @@ import { fileURLToPath } from 'node:url';
 const [baseA = 'http://127.0.0.1:3001', baseB = 'http://127.0.0.1:3002'] = process.argv.slice(2);
 const ROOM = 'lobby';
 const TIMEOUT = Number(process.env.E2E_TIMEOUT_MS || 15000); // per wait
-const WATCHDOG_MS = Number(process.env.E2E_WATCHDOG_MS || 180000); // whole run
+const WATCHDOG_MS = Number(process.env.E2E_WATCHDOG_MS || 300000); // whole run
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARCHIVER_URL = process.env.E2E_ARCHIVER_URL || '';
+const LOGGER_URL = process.env.E2E_LOGGER_URL || '';
+const GW1_PID = Number(process.env.E2E_GW1_PID || 0);
+// Ids the gateways were started with (scripts/e2e.sh: GATEWAY_ID).
+const GW1_ID = process.env.E2E_GW1_ID || 'gw-e2e-1';
+const GW2_ID = process.env.E2E_GW2_ID || 'gw-e2e-2';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SHOTS = path.join(HERE, 'screenshots');
 
 let passed = 0;
+let failed = 0;
 
 class CheckFailed extends Error {}
 
 function pass(what) {
   passed += 1;
-  console.log(`ok ${passed} - ${what}`);
+  console.log(`ok ${passed + failed} - ${what}`);
+}
+
+function fail(what) {
+  failed += 1;
+  console.log(`not ok ${passed + failed} - ${what}`);
 }
 
 function check(cond, what, detail = '') {
@@ -37,16 +72,26 @@ function check(cond, what, detail = '') {
   pass(what);
 }
 
+/** Like check, but a failure is counted and the phase goes on. */
+function softCheck(cond, what, detail = '') {
+  if (cond) pass(what);
+  else fail(detail ? `${what} (${detail})` : what);
+}
+
 /** Runs an async wait/assertion; a timeout or error becomes a failed check named `what`. */
 async function step(what, fn) {
+  let value;
   try {
-    await fn();
+    value = await fn();
   } catch (err) {
     if (err instanceof CheckFailed) throw err;
     throw new CheckFailed(`${what}: ${String(err.message || err).split('\n')[0]}`);
   }
   pass(what);
+  return value;
 }
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 /** Collects what must never happen on a page: dialogs, page errors, CSP violations. */
 function watch(page, label) {
@@ -65,21 +110,22 @@ function watch(page, label) {
   return trouble;
 }
 
-async function join(page, base, name) {
-  await step(`${name}: page loads at ${base}`, async () => {
-    const res = await page.goto(`${base}/`, { waitUntil: 'load', timeout: TIMEOUT });
+/** Opens `url` (default: the page at `base`) and joins `room` as `name`. */
+async function join(page, base, name, { url = `${base}/`, room = ROOM } = {}) {
+  await step(`${name}: page loads at ${url}`, async () => {
+    const res = await page.goto(url, { waitUntil: 'load', timeout: TIMEOUT });
     if (!res || !res.ok()) throw new Error(`HTTP ${res ? res.status() : 'no response'}`);
     await page.waitForSelector('#join-form', { state: 'visible', timeout: TIMEOUT });
   });
   await page.fill('#name', name);
-  await page.fill('#room', ROOM);
+  await page.fill('#room', room);
   await page.click('#join-button');
-  await joined(page, name);
+  return joined(page, name, room);
 }
 
 /** Waits until the page is connected and the join's history has been rendered. */
-async function joined(page, name) {
-  await step(`${name}: joined #${ROOM} and connected`, async () => {
+async function joined(page, name, room = ROOM) {
+  await step(`${name}: joined #${room} and connected`, async () => {
     await page.waitForSelector('#composer', { state: 'visible', timeout: TIMEOUT });
     await page.waitForSelector('#status[data-state="connected"]', { timeout: TIMEOUT });
     await page.waitForFunction(
@@ -90,6 +136,7 @@ async function joined(page, name) {
   const gw = (await page.textContent('#gateway'))?.trim();
   check(gw && gw !== '—', `${name}: #gateway shows the gateway id`, `got ${JSON.stringify(gw)}`);
   console.log(`#   ${name} is on gateway ${gw}`);
+  return gw;
 }
 
 /** Types `text` into the composer (newlines via Shift+Enter) and sends it with Enter. */
@@ -124,15 +171,21 @@ async function waitForText(page, text, label) {
   ));
 }
 
+/** Waits until the page's own copy of `text` is acked; returns its event id. */
+async function ackedId(page, text) {
+  const handle = await page.waitForFunction(
+    (t) => [...document.querySelectorAll('#messages .msg')].find((m) => m.querySelector('.text')
+      ?.textContent === t && !m.classList.contains('pending') && m.dataset.id)?.dataset.id,
+    text, { timeout: TIMEOUT },
+  );
+  return handle.jsonValue();
+}
+
 /** Sends from `from`, checks it is acked there and shown once on both pages, by `author`. */
 async function exchange(from, fromName, to, toName, text) {
   await say(from, text);
   await waitForText(to, text, toName);
-  await step(`${fromName}'s own copy of ${JSON.stringify(text)} is acked`, () => from.waitForFunction(
-    (t) => [...document.querySelectorAll('#messages .msg')].some((m) => m.querySelector('.text')
-      ?.textContent === t && !m.classList.contains('pending') && m.dataset.id),
-    text, { timeout: TIMEOUT },
-  ));
+  await step(`${fromName}'s own copy of ${JSON.stringify(text)} is acked`, () => ackedId(from, text));
   // Give a duplicate live event a moment to (wrongly) show up before counting.
   await from.waitForTimeout(300);
   const mine = await find(from, text);
@@ -159,81 +212,457 @@ function noTrouble(trouble) {
   check(trouble.length === 0, 'no dialog, page error or CSP violation', trouble.join('; '));
 }
 
+async function newPage(browser) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  return ctx.newPage();
+}
+
+// ---------------------------------------------------------------- phase 1: chat
+
+/** Alice on gateway A and bob on gateway B chat; returns the two pages, still open. */
+async function chatPhase(browser, pages) {
+  const a = await newPage(browser);
+  const b = await newPage(browser);
+  pages.push(['a', a], ['b', b]);
+  const ta = watch(a, 'page A');
+  const tb = watch(b, 'page B');
+  const allTrouble = () => ta.concat(tb);
+
+  await a.goto(`${baseA}/`, { waitUntil: 'load', timeout: TIMEOUT }).catch(() => {});
+  await a.screenshot({ path: path.join(SHOTS, 'join.png') }).catch(() => {});
+  await join(a, baseA, 'alice');
+  await join(b, baseB, 'bob');
+
+  // A tag per run so that history left by earlier runs cannot satisfy the checks.
+  const tag = Math.random().toString(36).slice(2, 8);
+  const texts = {
+    a1: `hello from alice ${tag}`,
+    b1: `hi alice, bob here ${tag}`,
+    b2: `<script>alert(1)</script> ${tag}`,
+    a2: `<img src=x onerror=alert(1)> ${tag}`,
+    a3: `two lines ${tag}\n  and an indented second line`,
+  };
+  await exchange(a, 'alice', b, 'bob', texts.a1);
+  await exchange(b, 'bob', a, 'alice', texts.b1);
+  await exchange(b, 'bob', a, 'alice', texts.b2);
+  await exchange(a, 'alice', b, 'bob', texts.a2);
+  await exchange(a, 'alice', b, 'bob', texts.a3);
+
+  await noInjectedMarkup(a, 'page A');
+  await noInjectedMarkup(b, 'page B');
+  noTrouble(allTrouble());
+
+  // Reload B: the form remembers bob/lobby, and rejoining shows this run's messages.
+  await step('page B reloads', () => b.reload({ waitUntil: 'load', timeout: TIMEOUT }));
+  const remembered = await b.evaluate(() => [
+    document.querySelector('#name').value, document.querySelector('#room').value]);
+  check(remembered[0] === 'bob' && remembered[1] === ROOM,
+    'page B remembers name and room', JSON.stringify(remembered));
+  await b.click('#join-button');
+  await joined(b, 'bob');
+  for (const t of Object.values(texts)) {
+    await waitForText(b, t, 'bob after reload (history)');
+    const copies = await find(b, t);
+    check(copies.length === 1, `history shows ${JSON.stringify(t)} once`, `${copies.length} copies`);
+  }
+  await noInjectedMarkup(b, 'page B after reload');
+
+  await a.screenshot({ path: path.join(SHOTS, 'desktop-a.png') });
+  await b.screenshot({ path: path.join(SHOTS, 'desktop-b.png') });
+  await a.setViewportSize({ width: 375, height: 740 });
+  await a.waitForTimeout(200);
+  await a.screenshot({ path: path.join(SHOTS, 'phone.png') });
+  const overflow = await a.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  check(!overflow, 'phone viewport (375 px) has no horizontal overflow');
+  noTrouble(allTrouble());
+}
+
+// ---------------------------------------------------------------- phase 2: metrics
+
+/** Parses the Prometheus text format into [{name, labels: {k: v}, value}]. */
+function parseMetrics(text) {
+  const samples = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const labels = {};
+    for (const l of (m[2] || '').matchAll(/([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[l[1]] = l[2];
+    }
+    samples.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return samples;
+}
+
+async function scrape(base) {
+  const res = await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(5000) });
+  if (!res.ok) throw new Error(`${base}/metrics: HTTP ${res.status}`);
+  return parseMetrics(await res.text());
+}
+
+/** Samples of `name` whose labels include `labels`. */
+function pick(samples, name, labels = {}) {
+  return samples.filter((s) => s.name === name
+    && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+}
+
+const sum = (samples) => samples.reduce((acc, s) => acc + s.value, 0);
+const show = (samples) => (samples.length ? String(sum(samples)) : 'absent');
+
+/**
+ * After the chat: the four services' /metrics must show the traffic. The counters are
+ * bumped asynchronously (the subscribers count a batch once it is durable), so the scrape
+ * is repeated until every assertion holds or TIMEOUT has passed; then each assertion is
+ * reported on its own.
+ */
+async function metricsPhase() {
+  if (!ARCHIVER_URL || !LOGGER_URL) {
+    console.log('# SKIP metrics: E2E_ARCHIVER_URL and E2E_LOGGER_URL are not set');
+    return;
+  }
+  const services = { gw1: baseA, gw2: baseB, archiver: ARCHIVER_URL, logger: LOGGER_URL };
+  const evaluate = async () => {
+    const m = {};
+    for (const [key, base] of Object.entries(services)) m[key] = await scrape(base);
+    const gws = [...m.gw1, ...m.gw2];
+    const published = pick(gws, 'chat_events_published_total', { type: 'message' });
+    const delivered = pick(gws, 'chat_events_delivered_total');
+    const archived = pick(m.archiver, 'chat_events_archived_total');
+    const logged = pick(m.logger, 'chat_events_logged_total');
+    const clients1 = pick(m.gw1, 'chat_clients_connected');
+    const clients2 = pick(m.gw2, 'chat_clients_connected');
+    const broker = Object.fromEntries(Object.keys(services)
+      .map((key) => [key, pick(m[key], 'chat_broker_connected')]));
+    const checks = [
+      [sum(published) > 0, 'metrics: chat_events_published_total{type="message"} > 0 (gateways summed)',
+        `gw1 ${show(pick(m.gw1, 'chat_events_published_total', { type: 'message' }))}, `
+        + `gw2 ${show(pick(m.gw2, 'chat_events_published_total', { type: 'message' }))}`],
+      [sum(delivered) > 0, 'metrics: chat_events_delivered_total > 0 (gateways summed)',
+        `gw1 ${show(pick(m.gw1, 'chat_events_delivered_total'))}, `
+        + `gw2 ${show(pick(m.gw2, 'chat_events_delivered_total'))}`],
+      [sum(archived) > 0, 'metrics: chat_events_archived_total > 0 on the archiver', show(archived)],
+      [sum(logged) > 0, 'metrics: chat_events_logged_total > 0 on the logger', show(logged)],
+      // One page is open on each gateway (alice on gateway A, bob on gateway B).
+      [clients1.length > 0 && sum(clients1) === 1,
+        'metrics: chat_clients_connected appears on gateway A and counts its 1 page', show(clients1)],
+      [clients2.length > 0 && sum(clients2) === 1,
+        'metrics: chat_clients_connected appears on gateway B and counts its 1 page', show(clients2)],
+      ...Object.entries(broker).map(([key, s]) => [s.length > 0,
+        `metrics: chat_broker_connected appears on ${key}`,
+        s.length ? s.map((x) => `${JSON.stringify(x.labels)} ${x.value}`).join(', ') : 'absent']),
+    ];
+    const summary = `published=${show(published)} delivered=${show(delivered)} `
+      + `archived=${show(archived)} logged=${show(logged)} `
+      + `clients=${show(clients1)}+${show(clients2)} `
+      + `broker_connected=${Object.entries(broker)
+        .map(([k, s]) => `${k}:${s.length ? s.map((x) => x.value).join('+') : 'absent'}`).join(',')}`;
+    return { checks, summary };
+  };
+
+  const deadline = Date.now() + TIMEOUT;
+  let result;
+  let error = null;
+  for (;;) {
+    try {
+      result = await evaluate();
+      error = null;
+    } catch (err) {
+      error = err;
+    }
+    if ((result && !error && result.checks.every(([ok]) => ok)) || Date.now() > deadline) break;
+    await sleep(500);
+  }
+  if (error) {
+    softCheck(false, 'metrics: /metrics of the gateways, the archiver and the logger answer',
+      String(error.message || error));
+    return;
+  }
+  console.log(`# metrics: ${result.summary}`);
+  for (const [ok, what, detail] of result.checks) softCheck(ok, what, ok ? '' : `got ${detail}`);
+}
+
+// ---------------------------------------------------------------- phase 3: failover
+
+/**
+ * Installed before the page's own scripts: wraps WebSocket to record, per socket, its URL,
+ * open/close times, close code, the `join` frames sent (with their `since`) and a digest of
+ * the frames received. It does not change what the page does.
+ */
+function spyOnSockets() {
+  const Native = window.WebSocket;
+  const log = [];
+  const records = new WeakMap();
+  Object.defineProperty(window, '__e2eSockets', { value: log });
+  class Recorded extends Native {
+    constructor(url, protocols) {
+      super(url, protocols);
+      const rec = {
+        url: String(url), created: Date.now(), opened: null, closed: null, code: null,
+        joins: [], frames: [],
+      };
+      log.push(rec);
+      records.set(this, rec);
+      this.addEventListener('open', () => { rec.opened = Date.now(); });
+      this.addEventListener('close', (e) => {
+        rec.closed = Date.now();
+        rec.code = e.code;
+      });
+      this.addEventListener('message', (e) => {
+        let m;
+        try { m = JSON.parse(e.data); } catch { return; }
+        const f = { t: Date.now(), type: m && m.type };
+        if (f.type === 'event') f.id = m.event && m.event.id;
+        if (f.type === 'joined') f.ids = (m.history || []).map((ev) => ev.id);
+        if (f.type === 'error') f.code = m.code;
+        if (f.type === 'hello') f.gateway = m.gateway;
+        rec.frames.push(f);
+      });
+    }
+
+    send(data) {
+      try {
+        const m = JSON.parse(data);
+        const rec = records.get(this);
+        if (m && m.type === 'join' && rec) rec.joins.push({ since: m.since ?? null, t: Date.now() });
+      } catch { /* not JSON: not ours to judge */ }
+      return super.send(data);
+    }
+  }
+  window.WebSocket = Recorded;
+}
+
+/** Whether something still answers HTTP at `base`. */
+async function answers(base) {
+  try {
+    await fetch(`${base}/livez`, { signal: AbortSignal.timeout(2000) });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function failoverPhase(browser, pages) {
+  if (!GW1_PID) {
+    console.log('# SKIP failover: E2E_GW1_PID (the process id of gateway A) is not set');
+    return;
+  }
+  const tag = Math.random().toString(36).slice(2, 8);
+  const room = `failover-${tag}`;
+  const wsA = `${baseA.replace(/^http/, 'ws')}/ws`;
+  const wsB = `${baseB.replace(/^http/, 'ws')}/ws`;
+
+  const c = await newPage(browser);
+  const d = await newPage(browser);
+  pages.push(['carol', c], ['dave', d]);
+  const tc = watch(c, 'page C');
+  const td = watch(d, 'page D');
+  await c.addInitScript(spyOnSockets);
+  // Carol's timers run on Playwright's clock, which flows like the real one except while it
+  // is held (below). That is how the test keeps her disconnected for a while.
+  await c.clock.install();
+
+  const carolGw = await join(c, baseA, 'carol', { url: `${baseA}/?gw=${wsA},${wsB}`, room });
+  check(carolGw === GW1_ID, `carol (?gw=<A>,<B>) starts on gateway A (${GW1_ID})`, `got ${carolGw}`);
+  const daveGw = await join(d, baseB, 'dave', { room });
+  check(daveGw === GW2_ID, `dave starts on gateway B (${GW2_ID})`, `got ${daveGw}`);
+
+  // Dave keeps talking through the failover. His sends are sequential and each waits for its
+  // ack, so their order is the order of the events.
+  const sent = [];
+  const daveSays = async (phase) => {
+    const text = `failover ${tag} #${String(sent.length + 1).padStart(3, '0')}`;
+    await say(d, text);
+    let id;
+    try {
+      id = await ackedId(d, text);
+    } catch (err) {
+      throw new CheckFailed(`dave's ${JSON.stringify(text)} is acked: ${String(err.message || err).split('\n')[0]}`);
+    }
+    sent.push({ text, id, phase });
+    return text;
+  };
+  const carolState = () => c.evaluate(() => ({
+    state: document.querySelector('#status').dataset.state,
+    gateway: document.querySelector('#gateway').textContent.trim(),
+    sockets: window.__e2eSockets.length,
+    code: window.__e2eSockets[0]?.code ?? null,
+    // the newest socket got its `joined`: live events from here on
+    joined: !!window.__e2eSockets.at(-1)?.frames.some((f) => f.type === 'joined'),
+  }));
+
+  // 1. Carol is on gateway A and gets dave's messages live.
+  await waitForText(c, await daveSays('before'), 'carol (on gateway A, before the stop)');
+  await waitForText(c, await daveSays('before'), 'carol (on gateway A, before the stop)');
+
+  // 2. Hold carol's clock, so that the reconnect her page schedules on close waits until the
+  //    clock is released (after a 1012 her page retries within 50-300 ms, too short to
+  //    publish something in between reliably). Then stop gateway A; dave goes on at once.
+  const now = await c.evaluate(() => Date.now());
+  await c.clock.pauseAt(now + 250);
+  process.kill(GW1_PID, 'SIGTERM');
+  const stoppedAt = Date.now();
+  console.log(`#   sent SIGTERM to gateway A (pid ${GW1_PID}); carol's clock is held`);
+  await daveSays('racing the stop');
+  await step('carol loses gateway A (close code recorded, #status no longer connected)', async () => {
+    const until = Date.now() + TIMEOUT;
+    for (;;) {
+      const st = await carolState();
+      if (st.code !== null && st.state !== 'connected') return;
+      if (Date.now() > until) throw new Error(`still ${JSON.stringify(st)}`);
+      await sleep(50);
+    }
+  });
+
+  // 3. While carol is disconnected, dave sends three more.
+  for (let k = 0; k < 3; k += 1) await daveSays('while disconnected');
+  const during = await carolState();
+  check(during.state !== 'connected' && during.sockets === 1,
+    'carol was still disconnected while dave sent three messages', JSON.stringify(during));
+
+  // 4. Release the clock: carol's page reconnects by itself (to the next ?gw= URL). Dave
+  //    goes on every 120 ms until she is back on gateway B (and joined there) and has been
+  //    for three messages.
+  await c.clock.resume();
+  const resumedAt = Date.now();
+  let back = 0;
+  let backAt = 0;
+  const deadline = Date.now() + 2 * TIMEOUT;
+  while (back < 3) {
+    const st = await carolState();
+    const isBack = st.state === 'connected' && st.gateway === GW2_ID && st.sockets > 1 && st.joined;
+    if (isBack && !backAt) backAt = Date.now();
+    await daveSays(isBack ? 'after' : 'reconnecting');
+    if (isBack) back += 1;
+    if (Date.now() > deadline) {
+      throw new CheckFailed(`carol is back on gateway B within ${2 * TIMEOUT} ms (${JSON.stringify(st)})`);
+    }
+    await sleep(120);
+  }
+  console.log(`#   carol was back on ${GW2_ID} ${backAt - stoppedAt} ms after the SIGTERM, `
+    + `${backAt - resumedAt} ms after her clock was released`);
+
+  await step('gateway A has stopped (its HTTP port no longer answers)', async () => {
+    const until = Date.now() + TIMEOUT;
+    while (await answers(baseA)) {
+      if (Date.now() > until) throw new Error(`${baseA} still answers`);
+      await sleep(200);
+    }
+  });
+
+  const sockets = await c.evaluate(() => window.__e2eSockets);
+  const first = sockets[0];
+  check(first && first.url === wsA && first.opened, 'carol first connected to gateway A', first?.url);
+  check(first.code === 1012, 'carol got close code 1012 (service restart) from gateway A',
+    `code ${first.code}`);
+  const resumed = sockets.find((s) => s.url === wsB && s.opened
+    && s.frames.some((f) => f.type === 'joined'));
+  check(!!resumed, 'carol reconnected to gateway B by herself and rejoined',
+    sockets.map((s) => `${s.url} opened=${!!s.opened} code=${s.code}`).join('; '));
+  await step(`carol's #gateway shows ${GW2_ID} and #status is connected`, () => c.waitForFunction(
+    (gw) => document.querySelector('#status')?.dataset.state === 'connected'
+      && document.querySelector('#gateway')?.textContent.trim() === gw,
+    GW2_ID, { timeout: TIMEOUT },
+  ));
+  const lastSeenBefore = [...first.frames].reverse().find((f) => f.type === 'event')?.id
+    ?? first.frames.find((f) => f.type === 'joined')?.ids.at(-1);
+  const rejoin = resumed.joins[0];
+  check(rejoin && rejoin.since && rejoin.since === lastSeenBefore,
+    'carol rejoined with since = the last event id she saw on gateway A',
+    `since ${rejoin?.since} vs last seen ${lastSeenBefore}`);
+  const warnings = sockets.flatMap((s) => s.frames.filter((f) => f.type === 'error').map((f) => f.code));
+  check(warnings.length === 0, 'carol got no error frame (no bad_since, no history_unavailable)',
+    warnings.join(', '));
+
+  // Every message of dave's, once each and in order, on carol's page.
+  for (const { text } of sent) {
+    await waitForText(c, text, 'carol after the failover');
+  }
+  await c.waitForTimeout(500); // let a (wrong) duplicate show up before counting
+  const list = await c.evaluate(() => [...document.querySelectorAll('#messages .msg[data-id]')]
+    .map((m) => ({ id: m.dataset.id, text: m.querySelector('.text')?.textContent ?? '' })));
+  const ids = list.map((m) => m.id);
+  const dupes = ids.filter((id, i) => ids.indexOf(id) !== i);
+  check(dupes.length === 0, 'carol: every .msg[data-id] is unique', `repeated: ${dupes.join(', ')}`);
+  const shown = list.filter((m) => m.text.startsWith(`failover ${tag} #`));
+  check(shown.length === sent.length, `carol shows all ${sent.length} of dave's messages, none twice`,
+    `${shown.length} shown`);
+  const outOfOrder = sent.findIndex((s, i) => shown[i]?.text !== s.text || shown[i]?.id !== s.id);
+  check(outOfOrder === -1, 'carol shows them in the order dave sent them, with his event ids',
+    outOfOrder === -1 ? '' : `first difference at #${outOfOrder + 1}: ${JSON.stringify(shown[outOfOrder])}`);
+
+  // How each message reached carol: live on gateway A, in the resumed history, live on B.
+  const liveA = new Set(first.frames.filter((f) => f.type === 'event').map((f) => f.id));
+  const replay = new Set(resumed.frames.filter((f) => f.type === 'joined').flatMap((f) => f.ids));
+  const liveB = new Set(resumed.frames.filter((f) => f.type === 'event').map((f) => f.id));
+  const how = { liveA: 0, replay: 0, liveB: 0, none: 0 };
+  for (const m of sent) {
+    if (liveA.has(m.id)) m.how = 'liveA';
+    else if (replay.has(m.id)) m.how = 'replay';
+    else if (liveB.has(m.id)) m.how = 'liveB';
+    else m.how = 'none';
+    how[m.how] += 1;
+  }
+  console.log(`#   failover: dave sent ${sent.length} messages; carol got ${how.liveA} live on ${GW1_ID}, `
+    + `${how.replay} in the history of her rejoin (since), ${how.liveB} live on ${GW2_ID}`);
+  check(how.none === 0, 'each message reached carol live or in the resumed history', `${how.none} did not`);
+  const early = sent.filter((m) => m.phase === 'before' && m.how !== 'liveA');
+  check(early.length === 0, 'the messages sent before the stop reached carol live on gateway A',
+    early.map((m) => `${m.text}: ${m.how}`).join(', '));
+  const gap = sent.filter((m) => m.phase === 'while disconnected');
+  const missed = gap.filter((m) => m.how !== 'replay');
+  check(gap.length === 3 && missed.length === 0,
+    'the 3 messages sent while carol was disconnected came with her rejoin\'s history',
+    missed.map((m) => `${m.text}: ${m.how}`).join(', '));
+  const late = sent.filter((m) => m.phase === 'after' && m.how !== 'liveB');
+  check(late.length === 0, 'the messages sent once she had rejoined reached her live on gateway B',
+    late.map((m) => `${m.text}: ${m.how}`).join(', '));
+
+  await c.screenshot({ path: path.join(SHOTS, 'failover-carol.png') });
+  await d.screenshot({ path: path.join(SHOTS, 'failover-dave.png') });
+
+  // Carol can talk again, through gateway B.
+  await exchange(c, 'carol', d, 'dave', `carol is back ${tag}`);
+  noTrouble(tc.concat(td));
+}
+
+// ---------------------------------------------------------------- main
+
 async function main() {
   if (!fs.existsSync(CHROMIUM)) {
     throw new CheckFailed(`${CHROMIUM} not found: apt-get install -y chromium (or set CHROMIUM_PATH)`);
   }
   fs.mkdirSync(SHOTS, { recursive: true });
+  // fail-*.png of an earlier run would be mistaken for this one's.
+  for (const f of fs.readdirSync(SHOTS)) if (/^fail-.*\.png$/.test(f)) fs.rmSync(path.join(SHOTS, f));
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  const pages = [];
+  /** Runs one phase; its failure is counted and reported, and the next phase still runs. */
+  const phase = async (name, fn) => {
+    const pages = [];
+    console.log(`# ${name}`);
+    try {
+      await fn(pages);
+    } catch (err) {
+      const what = err instanceof CheckFailed ? err.message : (err.stack || String(err));
+      fail(`${name}: ${what.split('\n')[0]}`);
+      console.error(`FAIL: ${name}: ${what}`);
+      for (const [label, page] of pages) {
+        await page.screenshot({ path: path.join(SHOTS, `fail-${label}.png`) }).catch(() => {});
+      }
+    }
+    return pages;
+  };
   try {
-    const viewport = { width: 1280, height: 800 };
-    const ctxA = await browser.newContext({ viewport });
-    const ctxB = await browser.newContext({ viewport });
-    const a = await ctxA.newPage();
-    const b = await ctxB.newPage();
-    pages.push(['a', a], ['b', b]);
-    const ta = watch(a, 'page A');
-    const tb = watch(b, 'page B');
-    const allTrouble = () => ta.concat(tb);
-
-    await a.goto(`${baseA}/`, { waitUntil: 'load', timeout: TIMEOUT }).catch(() => {});
-    await a.screenshot({ path: path.join(SHOTS, 'join.png') }).catch(() => {});
-    await join(a, baseA, 'alice');
-    await join(b, baseB, 'bob');
-
-    // A tag per run so that history left by earlier runs cannot satisfy the checks.
-    const tag = Math.random().toString(36).slice(2, 8);
-    const texts = {
-      a1: `hello from alice ${tag}`,
-      b1: `hi alice, bob here ${tag}`,
-      b2: `<script>alert(1)</script> ${tag}`,
-      a2: `<img src=x onerror=alert(1)> ${tag}`,
-      a3: `two lines ${tag}\n  and an indented second line`,
-    };
-    await exchange(a, 'alice', b, 'bob', texts.a1);
-    await exchange(b, 'bob', a, 'alice', texts.b1);
-    await exchange(b, 'bob', a, 'alice', texts.b2);
-    await exchange(a, 'alice', b, 'bob', texts.a2);
-    await exchange(a, 'alice', b, 'bob', texts.a3);
-
-    await noInjectedMarkup(a, 'page A');
-    await noInjectedMarkup(b, 'page B');
-    noTrouble(allTrouble());
-
-    // Reload B: the form remembers bob/lobby, and rejoining shows this run's messages.
-    await step('page B reloads', () => b.reload({ waitUntil: 'load', timeout: TIMEOUT }));
-    const remembered = await b.evaluate(() => [
-      document.querySelector('#name').value, document.querySelector('#room').value]);
-    check(remembered[0] === 'bob' && remembered[1] === ROOM,
-      'page B remembers name and room', JSON.stringify(remembered));
-    await b.click('#join-button');
-    await joined(b, 'bob');
-    for (const t of Object.values(texts)) {
-      await waitForText(b, t, 'bob after reload (history)');
-      const copies = await find(b, t);
-      check(copies.length === 1, `history shows ${JSON.stringify(t)} once`, `${copies.length} copies`);
-    }
-    await noInjectedMarkup(b, 'page B after reload');
-
-    await a.screenshot({ path: path.join(SHOTS, 'desktop-a.png') });
-    await b.screenshot({ path: path.join(SHOTS, 'desktop-b.png') });
-    await a.setViewportSize({ width: 375, height: 740 });
-    await a.waitForTimeout(200);
-    await a.screenshot({ path: path.join(SHOTS, 'phone.png') });
-    const overflow = await a.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
-    check(!overflow, 'phone viewport (375 px) has no horizontal overflow');
-    noTrouble(allTrouble());
+    // The chat pages stay open through the metrics phase (one client on each gateway).
+    const chatPages = await phase('chat', (pages) => chatPhase(browser, pages));
+    await phase('metrics', () => metricsPhase());
+    for (const [, page] of chatPages) await page.context().close().catch(() => {});
+    await phase('failover', (pages) => failoverPhase(browser, pages));
     console.log(`# screenshots in ${SHOTS}`);
-  } catch (err) {
-    for (const [label, page] of pages) {
-      await page.screenshot({ path: path.join(SHOTS, `fail-${label}.png`) }).catch(() => {});
-    }
-    throw err;
   } finally {
     await browser.close().catch(() => {});
   }
@@ -241,16 +670,17 @@ async function main() {
 
 const watchdog = setTimeout(() => {
   console.error(`FAIL: the run took longer than ${WATCHDOG_MS} ms`);
-  console.log(`chat e2e: ${passed} passed, 1 failed`);
+  console.log(`chat e2e: ${passed} passed, ${failed + 1} failed`);
   process.exit(1);
 }, WATCHDOG_MS);
 
 main().then(() => {
   clearTimeout(watchdog);
-  console.log(`chat e2e: ${passed} passed, 0 failed`);
+  console.log(`chat e2e: ${passed} passed, ${failed} failed`);
+  if (failed) process.exit(1);
 }, (err) => {
   clearTimeout(watchdog);
   console.error(`FAIL: ${err instanceof CheckFailed ? err.message : (err.stack || err)}`);
-  console.log(`chat e2e: ${passed} passed, 1 failed`);
+  console.log(`chat e2e: ${passed} passed, ${failed + 1} failed`);
   process.exit(1);
 });

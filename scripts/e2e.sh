@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The browser end-to-end test: starts an archiver, a logger and two gateways on free ports
-# with a prefix of their own, then drives two Chromium pages on the two gateways with
-# e2e/chat.mjs (Playwright's playwright-core, Debian's chromium). Installs chromium and the
-# npm package when missing. Screenshots land in e2e/screenshots/.
+# with a prefix of their own, then runs e2e/chat.mjs (Playwright's playwright-core, Debian's
+# chromium): two pages chat across the gateways; then the /metrics of all four services must
+# show that traffic; last, gateway 1 is stopped with SIGTERM (the script gets its pid in
+# E2E_GW1_PID) and a page that was on it must fail over to gateway 2 by itself and miss
+# nothing. Installs chromium and the npm package when missing. Screenshots land in
+# e2e/screenshots/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -41,17 +44,35 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-archiver_port=$(free_port); gw1=$(free_port); gw2=$(free_port)
+archiver_port=$(free_port); logger_port=$(free_port); gw1=$(free_port); gw2=$(free_port)
 
 step "starting the services (prefix $CHAT_PREFIX)"
 ARCHIVER_LISTEN=127.0.0.1:$archiver_port DATABASE_URL="sqlite://$work/archive.db" "$BIN/archiver" >"$work/archiver.log" 2>&1 & pids+=($!)
-LOGGER_LISTEN=127.0.0.1:$(free_port) LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
+LOGGER_LISTEN=127.0.0.1:$logger_port LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
 GATEWAY_LISTEN=127.0.0.1:$gw1 GATEWAY_ID=gw-e2e-1 "$BIN/gateway" >"$work/gw1.log" 2>&1 & pids+=($!)
+gw1_pid=$!
 GATEWAY_LISTEN=127.0.0.1:$gw2 GATEWAY_ID=gw-e2e-2 "$BIN/gateway" >"$work/gw2.log" 2>&1 & pids+=($!)
-for port in $archiver_port $gw1 $gw2; do wait_port "$port" 30; done
+for port in $archiver_port $logger_port $gw1 $gw2; do wait_port "$port" 30; done
 
-step "browser end-to-end test (headless Chromium)"
-if ! node e2e/chat.mjs "http://127.0.0.1:$gw1" "http://127.0.0.1:$gw2"; then
+step "browser end-to-end test (headless Chromium): chat, metrics, failover"
+status=0
+E2E_ARCHIVER_URL="http://127.0.0.1:$archiver_port" E2E_LOGGER_URL="http://127.0.0.1:$logger_port" \
+  E2E_GW1_PID=$gw1_pid E2E_GW1_ID=gw-e2e-1 E2E_GW2_ID=gw-e2e-2 \
+  node e2e/chat.mjs "http://127.0.0.1:$gw1" "http://127.0.0.1:$gw2" || status=$?
+
+# The failover stopped gateway 1 with SIGTERM (if the run got that far; otherwise this does).
+# A clean shutdown exits 0.
+kill -TERM "$gw1_pid" 2>/dev/null || true
+gw1_status=0
+wait "$gw1_pid" || gw1_status=$?
+if (( gw1_status == 0 )); then
+  echo "# gateway 1 exited with status 0 after SIGTERM"
+else
+  echo "FAIL: gateway 1 exited with status $gw1_status after SIGTERM" >&2
+  status=1
+fi
+
+if (( status != 0 )); then
   echo "--- service logs ---" >&2
   tail -n 30 "$work"/*.log >&2
   exit 1

@@ -55,6 +55,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topology = config.broker.topology()?;
+    // Installed before anything is recorded: counts made before the first scrape count.
+    chat_core::metrics::handle();
     let store = Store::open(&config.database_url).await?;
     tracing::info!(
         database = %config.database_url,

@@ -11,7 +11,8 @@ const SECONDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process's metrics handle, installing the recorder the first time.
+/// The process's metrics handle, installing the recorder the first time. Every service
+/// calls it at start: until the recorder is installed, recorded values are dropped.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {

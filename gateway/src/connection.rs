@@ -211,10 +211,7 @@ impl Client {
     ) {
         // The writer must know to buffer before the first live event can reach it.
         let room: Arc<str> = Arc::from(room);
-        let _ = self
-            .outbox
-            .send(Outbound::Joining(room.clone()))
-            .await;
+        let _ = self.outbox.send(Outbound::Joining(room.clone())).await;
         let room = self.state.rooms.join(
             &room,
             self.conn,
@@ -230,7 +227,10 @@ impl Client {
                 tracing::warn!(error = %err, "cannot announce a join");
                 self.joined.remove(&room);
                 self.state.rooms.leave(&room, self.conn);
-                let _ = self.outbox.send(Outbound::Left(Box::new((room, None)))).await;
+                let _ = self
+                    .outbox
+                    .send(Outbound::Left(Box::new((room, None))))
+                    .await;
                 self.reject(unavailable(r#ref)).await;
                 return;
             }
@@ -372,10 +372,7 @@ impl Client {
     }
 
     async fn send(&self, frame: ServerFrame<'_>) {
-        let _ = self
-            .outbox
-            .send(Outbound::Frame(frame.encode()))
-            .await;
+        let _ = self.outbox.send(Outbound::Frame(frame.encode())).await;
     }
 
     async fn reject(&self, rejection: Rejection) {
@@ -406,7 +403,6 @@ fn error_frame_text(r#ref: Option<&str>, code: &str, message: &str) -> String {
     }
     .encode()
 }
-
 
 fn close_frame(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {

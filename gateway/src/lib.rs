@@ -52,6 +52,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // Installed before anything is recorded: counts made before the first scrape count.
+    chat_core::metrics::handle();
     let topology = config.broker.topology()?;
     let address = listener.local_addr()?;
     let gateway_id = config.gateway_id(address.port());

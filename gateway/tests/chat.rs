@@ -407,3 +407,41 @@ async fn stopping_a_gateway_closes_its_clients_with_service_restart() {
     stopping.await.unwrap();
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_metrics_count_what_happened_from_the_start() {
+    let prefix = unique_prefix("metrics");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+    assert_eq!(alice.say("lobby", "counted", "c-1").await["type"], "ack");
+    // The first scrape comes after the work: what was recorded before it must show.
+    let (status, metrics) = http_get(gateway.addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("chat_events_published_total{type=\"message\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("chat_events_delivered_total") >= 1.0, "{metrics}");
+    assert!(value("chat_clients_connected") >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("chat_broker_connected{service=\"gateway "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chat_publish_confirm_seconds_bucket"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(gateway.addr(), "/livez").await.0, 200);
+    assert_eq!(http_get(gateway.addr(), "/readyz").await.0, 200);
+    gateway.stop().await;
+    broker.cleanup().await;
+}

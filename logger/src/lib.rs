@@ -56,6 +56,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topology = config.broker.topology()?;
+    // Installed before anything is recorded: counts made before the first scrape count.
+    chat_core::metrics::handle();
     let sink = LogFile::open(&config.log_file, config.stdout, reopen)
         .await
         .with_context(|| format!("Failed to open the chat log {}", config.log_file.display()))?;
