@@ -2,7 +2,6 @@
 use anyhow::Context;
 use archiver::cli::{Cli, Command};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,13 +22,6 @@ async fn serve(config: archiver::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", config.listen))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            chat_core::shutdown::signal().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = chat_core::shutdown::on_signal();
     archiver::run(listener, config, shutdown).await
 }

@@ -22,3 +22,16 @@ pub async fn signal() {
         _ = term => tracing::info!("SIGTERM received, shutting down"),
     }
 }
+
+/// A token cancelled when the process is asked to stop (see [`signal`]).
+pub fn on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            signal().await;
+            token.cancel();
+        }
+    });
+    token
+}

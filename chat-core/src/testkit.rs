@@ -98,37 +98,26 @@ impl Broker {
         bodies
     }
 
-    /// How many messages wait in `queue` (declared passively).
+    /// How many messages wait in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let channel = self.connection.create_channel().await.expect("channel");
-        channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .expect("queue exists")
-            .message_count()
+        self.inspect(queue).await.expect("queue exists").message_count()
     }
 
-    /// Whether `queue` exists (a passive declare on a throwaway channel).
+    /// Whether `queue` exists.
     pub async fn queue_exists(&self, queue: &str) -> bool {
+        self.inspect(queue).await.is_ok()
+    }
+
+    /// A passive declare, on a throwaway channel (a failed one closes its channel).
+    async fn inspect(&self, queue: &str) -> lapin::Result<lapin::Queue> {
         let channel = self.connection.create_channel().await.expect("channel");
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
         channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+            .queue_declare(queue.into(), passive, Default::default())
             .await
-            .is_ok()
     }
 
     /// Deletes everything the test's prefix created, so the broker is left as found.

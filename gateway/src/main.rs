@@ -1,7 +1,6 @@
 //! `gateway`: parses settings, starts logging, binds, serves until Ctrl-C or SIGTERM.
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,14 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", config.listen))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            chat_core::shutdown::signal().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = chat_core::shutdown::on_signal();
     gateway::run(listener, config, shutdown)
         .await
         .inspect_err(|err| {

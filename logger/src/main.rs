@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use logger::cli::{Cli, Command};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,14 +31,7 @@ async fn serve(config: logger::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", config.listen))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            chat_core::shutdown::signal().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = chat_core::shutdown::on_signal();
     let reopen = Arc::new(AtomicBool::new(false));
     tokio::spawn(logger::reopen_on_sighup(reopen.clone(), shutdown.clone()));
     logger::run(listener, config, reopen, shutdown).await
