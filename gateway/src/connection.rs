@@ -454,6 +454,18 @@ async fn write_loop(
             }
             sent = apply(&mut sink, &mut rooms, &kick, out) => sent,
         };
+        // Frames are buffered, not written one by one: what queued up meanwhile goes out in
+        // as few writes as possible, flushed once the queue is empty.
+        let sent = match sent {
+            Ok(()) if inbox.is_empty() => tokio::select! {
+                _ = kick.cancelled() => {
+                    kicked = true;
+                    break;
+                }
+                flushed = sink.flush() => flushed,
+            },
+            other => other,
+        };
         if sent.is_err() {
             kick.cancel();
             break;
@@ -472,7 +484,8 @@ async fn write_loop(
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
 }
 
-/// Applies one queued item: sends it, buffers it, or updates the room view.
+/// Applies one queued item: buffers its frame for the socket (the caller flushes), keeps it
+/// for after a join's history, or updates the room view.
 async fn apply(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     rooms: &mut HashMap<Arc<str>, RoomView>,
@@ -480,13 +493,13 @@ async fn apply(
     out: Outbound,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     match out {
-        Outbound::Frame(frame) => sink.send(Message::text(frame)).await,
+        Outbound::Frame(frame) => sink.feed(Message::text(frame)).await,
         Outbound::Joining(room) => {
             rooms.insert(room, RoomView::Buffering(Vec::new()));
             Ok(())
         }
         Outbound::Event(event) => match rooms.get_mut(&event.room) {
-            Some(RoomView::Live) => sink.send(event.frame.clone()).await,
+            Some(RoomView::Live) => sink.feed(event.frame.clone()).await,
             Some(RoomView::Buffering(buffer)) if buffer.len() < MAX_JOIN_BUFFER => {
                 buffer.push(event);
                 Ok(())
@@ -521,13 +534,13 @@ async fn apply(
                 .into_iter()
                 .filter(|event| !seen.contains(&*event.id))
                 .map(|event| event.frame.clone());
-            send_all(sink, frames.into_iter().map(Message::text).chain(fresh)).await
+            feed_all(sink, frames.into_iter().map(Message::text).chain(fresh)).await
         }
         Outbound::Left(left) => {
             let (room, frame) = *left;
             rooms.remove(&room);
             match frame {
-                Some(frame) => sink.send(Message::text(frame)).await,
+                Some(frame) => sink.feed(Message::text(frame)).await,
                 None => Ok(()),
             }
         }
@@ -535,12 +548,12 @@ async fn apply(
     }
 }
 
-async fn send_all(
+async fn feed_all(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     frames: impl Iterator<Item = Message>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     for frame in frames {
         sink.feed(frame).await?;
     }
-    sink.flush().await
+    Ok(())
 }
