@@ -16,7 +16,7 @@ use chat_core::broker::{event_properties, Supervisor};
 use chat_core::history::{HistoryReply, HistoryRequest};
 use chat_core::topology::Topology;
 use chat_core::Event;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::rooms::Rooms;
+
+/// Most deliveries acked together.
+const ACK_BATCH: usize = 256;
 
 /// Pause before publishing again after a broker failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -356,7 +359,31 @@ async fn run_session(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             delivery = events.next() => match delivery {
-                Some(delivery) => deliver(rooms, delivery.context("Delivery failed")?).await?,
+                Some(first) => {
+                    // Everything already received is delivered, then acked with one
+                    // multiple-ack: an ack round trip per event would cap the gateway's
+                    // throughput, as every gateway consumes every event.
+                    let mut last = deliver(rooms, first.context("Delivery failed")?).await?;
+                    for _ in 1..ACK_BATCH {
+                        match events.next().now_or_never() {
+                            Some(Some(next)) => {
+                                if let Some(valid) = deliver(rooms, next.context("Delivery failed")?).await? {
+                                    last = Some(valid);
+                                }
+                            }
+                            Some(None) | None => break,
+                        }
+                    }
+                    if let Some(last) = last {
+                        let acked = last
+                            .ack(BasicAckOptions { multiple: true })
+                            .await
+                            .context("Failed to ack")?;
+                        if !acked {
+                            bail!("the channel was lost before deliveries could be acked");
+                        }
+                    }
+                }
                 None => bail!("the broker cancelled the gateway's consumer"),
             },
             reply = replies.next() => match reply {
@@ -368,18 +395,13 @@ async fn run_session(
 }
 
 /// Hands one delivery to the room's local members (repeats of recent events are dropped
-/// there), then acks it. Garbage is rejected without requeue, which dead-letters it.
-async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<()> {
+/// there) and returns it, for the caller to ack. Garbage is rejected without requeue,
+/// which dead-letters it.
+async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<Option<Delivery>> {
     match Event::decode(&delivery.data) {
         Ok(event) => {
             rooms.deliver(&event);
-            if !delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .context("Failed to ack")?
-            {
-                bail!("the channel was lost before a delivery could be acked");
-            }
+            Ok(Some(delivery))
         }
         Err(err) => {
             metrics::counter!("chat_dead_lettered_total", "consumer" => "gateway").increment(1);
@@ -388,9 +410,9 @@ async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<()> {
                 .reject(BasicRejectOptions { requeue: false })
                 .await
                 .context("Failed to reject an invalid delivery")?;
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Hands a direct reply to the request waiting for it.
