@@ -100,7 +100,10 @@ impl Broker {
 
     /// How many messages wait in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.inspect(queue).await.expect("queue exists").message_count()
+        self.inspect(queue)
+            .await
+            .expect("queue exists")
+            .message_count()
     }
 
     /// Whether `queue` exists.
