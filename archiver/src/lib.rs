@@ -45,6 +45,10 @@ pub struct Config {
     /// Most events committed in one transaction.
     #[arg(long, env = "ARCHIVER_BATCH", default_value_t = 256)]
     pub batch_max: usize,
+    /// How long a batch waits for more events after its first, in milliseconds: one fsync
+    /// then covers many events under load.
+    #[arg(long, env = "ARCHIVER_BATCH_LINGER_MS", default_value_t = 5)]
+    pub batch_linger_ms: u64,
 }
 
 /// Serves until `shutdown` is cancelled: the batch in hand is committed and acked, the HTTP
@@ -78,6 +82,7 @@ pub async fn run(
             name: "archiver".to_owned(),
             prefetch: config.prefetch,
             batch_max: config.batch_max.max(1),
+            batch_linger: std::time::Duration::from_millis(config.batch_linger_ms),
         },
         ArchiveSink(store.clone()),
         health.subscriber.clone(),
