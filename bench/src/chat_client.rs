@@ -1,0 +1,108 @@
+//! The chat system's client protocol (docs/protocol.md), as far as the benchmark speaks it:
+//! `join` a room and wait for `joined`, `say` in it, and tell the server's frames apart
+//! cheaply (a receiver sees tens of thousands per second, so only errors are parsed fully).
+
+use serde_json::json;
+
+/// The path of the chat websocket.
+pub const PATH: &str = "/ws";
+
+/// `join` without `since`: the gateway answers `joined` with the room's latest history.
+pub fn join(room: &str, name: &str) -> String {
+    json!({"type": "join", "room": room, "name": name}).to_string()
+}
+
+/// `say` without `ref`: the ack then carries only the event id.
+pub fn say(room: &str, text: &str) -> String {
+    json!({"type": "say", "room": room, "text": text}).to_string()
+}
+
+/// A server frame, by its `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello,
+    Joined,
+    /// Something happened in a joined room: look for a benchmark marker in the frame.
+    Event,
+    Ack,
+    Left,
+    Error {
+        code: String,
+    },
+    Other,
+}
+
+/// Classifies a server frame. The gateway writes `type` first, so the common frames are
+/// recognised by their first bytes; anything else is parsed as JSON.
+pub fn classify(frame: &str) -> Frame {
+    let by_prefix = frame
+        .strip_prefix(r#"{"type":""#)
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(kind, _)| kind);
+    let kind = match by_prefix {
+        Some(kind) if kind != "error" => kind.to_owned(),
+        _ => {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(frame) else {
+                return Frame::Other;
+            };
+            let kind = value["type"].as_str().unwrap_or_default().to_owned();
+            if kind == "error" {
+                let code = value["code"].as_str().unwrap_or("unknown").to_owned();
+                return Frame::Error { code };
+            }
+            kind
+        }
+    };
+    match kind.as_str() {
+        "hello" => Frame::Hello,
+        "joined" => Frame::Joined,
+        "event" => Frame::Event,
+        "ack" => Frame::Ack,
+        "left" => Frame::Left,
+        _ => Frame::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_frames_are_told_apart() {
+        assert_eq!(
+            classify(r#"{"type":"hello","gateway":"gw-1","limits":{}}"#),
+            Frame::Hello
+        );
+        assert_eq!(
+            classify(r#"{"type":"joined","room":"a","history":[]}"#),
+            Frame::Joined
+        );
+        assert_eq!(
+            classify(r#"{"type":"event","event":{"type":"message"}}"#),
+            Frame::Event
+        );
+        assert_eq!(classify(r#"{"type":"ack","id":"x"}"#), Frame::Ack);
+        assert_eq!(
+            classify(r#"{"type":"error","code":"rate_limited","message":"slow down"}"#),
+            Frame::Error {
+                code: "rate_limited".into()
+            }
+        );
+        assert_eq!(
+            classify(r#"{"code":"unavailable","type":"error"}"#),
+            Frame::Error {
+                code: "unavailable".into()
+            }
+        );
+        assert_eq!(classify("not json"), Frame::Other);
+    }
+
+    #[test]
+    fn client_frames_are_json() {
+        let v: serde_json::Value = serde_json::from_str(&say("r1", "a\"b")).unwrap();
+        assert_eq!(v["type"], "say");
+        assert_eq!(v["text"], "a\"b");
+        let v: serde_json::Value = serde_json::from_str(&join("r1", "alice")).unwrap();
+        assert_eq!(v["name"], "alice");
+    }
+}

@@ -1,0 +1,315 @@
+//! The command line: one subcommand per kind of measurement, each with the scenario's
+//! flags, the processes whose cost is reported, and where the result goes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Dialect;
+use crate::procfs::Proc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-bench",
+    about = "Load and cost benchmarks of the chat system and its Socket.IO peer (loopback only)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One measured window at a fixed total send rate.
+    Load(LoadArgs),
+    /// Steps the rate up by --factor until a step fails twice (loss, or p99 above --p99-ms);
+    /// steps down instead if the start rate fails.
+    Capacity(CapacityArgs),
+    /// Resident memory per idle connection and the time to connect them.
+    Idle(IdleArgs),
+    /// The broker alone, through lapin: the ceiling this machine's RabbitMQ sets.
+    Baseline(BaselineArgs),
+    /// Archiver ingest: events/s committed to SQLite and the archive's lag at a rate.
+    Archive(ArchiveArgs),
+    /// Deletes the exchanges and queues the chat services declared under a prefix.
+    Cleanup(CleanupArgs),
+    /// Prints the Markdown tables of a directory of JSON results (see scripts/bench.sh).
+    Report(ReportArgs),
+}
+
+/// Who connects where and what they send.
+#[derive(Debug, Clone, Args)]
+pub struct ScenarioArgs {
+    /// Protocol of the system under test.
+    #[arg(long, value_enum, default_value = "chat")]
+    pub dialect: Dialect,
+    /// Websocket URL of a gateway; repeat for several (clients take them in turn). Without a
+    /// path, the dialect's path is added (/ws, or /socket.io/?EIO=4&transport=websocket).
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    /// Clients that only listen.
+    #[arg(long, default_value_t = 10)]
+    pub receivers: usize,
+    /// Clients that send (they receive too, uncounted).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Total send rate of all senders, messages per second (the start rate of `capacity`).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Length of a measured window (of each step of `capacity`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Rooms; receivers and senders take them in turn. Socket.IO has no rooms: its clients
+    /// get every message and drop those of other rooms (counted as `foreign`).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// How long to wait for late deliveries after the window; later ones count as lost.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Give up waiting for all clients to connect after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Prefix of room names; random by default, so history of earlier runs stays out.
+    #[arg(long)]
+    pub room_prefix: Option<String>,
+}
+
+/// The processes whose CPU and memory are reported.
+#[derive(Debug, Clone, Args)]
+pub struct CostArgs {
+    /// Processes of the system under test, as label=pid or pid, comma-separated
+    /// (e.g. gw1=123,gw2=124,logger=125,archiver=126).
+    #[arg(long, value_delimiter = ',')]
+    pub pids: Vec<Proc>,
+    /// The broker's pid (beam.smp); reported apart, since both systems share it.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+}
+
+/// Where the result goes.
+#[derive(Debug, Clone, Args)]
+pub struct OutArgs {
+    /// A name for this run in the output (e.g. fanout).
+    #[arg(long, default_value = "load")]
+    pub label: String,
+    /// Also print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the JSON result to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+/// The ladder of a capacity search.
+#[derive(Debug, Clone, Args)]
+pub struct LadderArgs {
+    /// Growth of the rate per step.
+    #[arg(long, default_value_t = 1.25)]
+    pub factor: f64,
+    /// Most rates to try.
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: usize,
+    /// Never try above this rate.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub max_rate: f64,
+    /// If the start rate fails, step down by --factor, but not below this.
+    #[arg(long, default_value_t = 10.0)]
+    pub min_rate: f64,
+    /// A step passes with no loss and p99 latency (and p99 send lag) at most this.
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    #[command(flatten)]
+    pub ladder: LadderArgs,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdleArgs {
+    #[arg(long, value_enum, default_value = "chat")]
+    pub dialect: Dialect,
+    /// Websocket URL of a gateway; repeat for several.
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    /// Idle clients to connect (chat: each joins a room; Socket.IO: `40`).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Rooms the chat clients join, in turn. One room for all would make every join an
+    /// event for every other member: N²/2 deliveries before anything is idle.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Quiet time after connecting, before memory is read.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Total publish rate, messages per second (the start rate with --capacity).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Bytes of message text inside the event body.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Exclusive queues bound like gateways' (each on its own connection).
+    #[arg(long, default_value_t = 2)]
+    pub gateways: usize,
+    /// Publishing connections, like gateways; the rate is split between them.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Search the capacity instead of one window.
+    #[arg(long)]
+    pub capacity: bool,
+    #[command(flatten)]
+    pub ladder: LadderArgs,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// The archiver's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:3100")]
+    pub archiver: String,
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// CHAT_PREFIX of the running system: events go to <prefix>.events.
+    #[arg(long, env = "CHAT_PREFIX", default_value = "chat")]
+    pub prefix: String,
+    /// Events published per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Give up waiting for the archive to catch up after this long past the last send.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub catch_up_limit: Duration,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// The prefix whose exchanges and queues are deleted (never `chat`, the default one).
+    #[arg(long)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Directory of `<system>-<scenario>.json` results.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: use ms, s or m")),
+    };
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "chat-bench",
+            "load",
+            "--url",
+            "ws://127.0.0.1:3001/ws",
+            "--url",
+            "ws://127.0.0.1:3002/ws",
+            "--receivers",
+            "500",
+            "--senders",
+            "4",
+            "--pids",
+            "gw1=1,gw2=2",
+        ])
+        .unwrap();
+        let Command::Load(args) = cli.command else {
+            panic!("not load")
+        };
+        assert_eq!(args.scenario.urls.len(), 2);
+        assert_eq!(args.cost.pids.len(), 2);
+        assert_eq!(args.scenario.duration, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,368 @@
+//! Turns a directory of JSON results (`<system>-<scenario>.json`, system `chat`,
+//! `socketio` or `broker`) into the Markdown tables of BENCHMARKS.md: one table per
+//! scenario with both systems side by side and the ratio ours / peer.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// Which way is better for a figure.
+#[derive(Clone, Copy)]
+enum Better {
+    Lower,
+    Higher,
+    Neither,
+}
+
+struct Row {
+    label: &'static str,
+    key: &'static str,
+    better: Better,
+}
+
+const fn row(label: &'static str, key: &'static str, better: Better) -> Row {
+    Row { label, key, better }
+}
+
+struct Table {
+    title: &'static str,
+    scenario: &'static str,
+    note: &'static str,
+    rows: &'static [Row],
+}
+
+use Better::{Higher, Lower, Neither};
+
+const WINDOW_ROWS: &[Row] = &[
+    row("messages sent", "sent", Neither),
+    row("deliveries expected", "expected", Neither),
+    row("deliveries received", "received", Higher),
+    row("loss (%)", "loss_pct", Lower),
+    row("deliveries/s", "deliveries_per_s", Higher),
+    row("latency p50 (ms)", "p50_ms", Lower),
+    row("latency p90 (ms)", "p90_ms", Lower),
+    row("latency p99 (ms)", "p99_ms", Lower),
+    row("latency max (ms)", "max_ms", Lower),
+    row("system CPU (s)", "cpu_s", Lower),
+    row("… of which in the kernel (%)", "cpu_kernel_pct", Neither),
+    row("system CPU per delivery (µs)", "cpu_us_per_delivery", Lower),
+    row("system CPU per message (µs)", "cpu_us_per_msg", Lower),
+    row(
+        "broker CPU per message (µs)",
+        "broker_cpu_us_per_msg",
+        Lower,
+    ),
+    row("bench tool CPU (s)", "bench_cpu_s", Neither),
+    row("other programs' CPU (s, noise)", "other_cpu_s", Neither),
+    row("machine busy (% of all CPUs)", "machine_busy_pct", Neither),
+    row("connect rate (clients/s)", "connect_per_s", Higher),
+    row("handshake p50 (ms)", "handshake_p50_ms", Lower),
+    row("errors", "errors", Lower),
+    row("disconnects", "disconnects", Lower),
+];
+
+const CAPACITY_ROWS: &[Row] = &[
+    row("capacity (messages/s)", "capacity_rate", Higher),
+    row(
+        "deliveries/s at capacity",
+        "capacity_deliveries_per_s",
+        Higher,
+    ),
+    row("p99 at capacity (ms)", "capacity_p99_ms", Lower),
+    row(
+        "system CPU per delivery at capacity (µs)",
+        "capacity_cpu_us_per_delivery",
+        Lower,
+    ),
+    row(
+        "system CPU per message at capacity (µs)",
+        "capacity_cpu_us_per_msg",
+        Lower,
+    ),
+    row("search ended by", "stopped", Neither),
+];
+
+const IDLE_ROWS: &[Row] = &[
+    row("connections made", "connected", Higher),
+    row("time to connect all (s)", "connect_s", Lower),
+    row("connect rate (clients/s)", "connect_per_s", Higher),
+    row("handshake p50 (ms)", "handshake_p50_ms", Lower),
+    row("handshake p99 (ms)", "handshake_p99_ms", Lower),
+    row("RSS before (KiB, both gateways)", "rss_before_kb", Neither),
+    row("RSS after (KiB, both gateways)", "rss_after_kb", Neither),
+    row("RSS growth per connection (KiB)", "rss_kb_per_conn", Lower),
+    row(
+        "VmData growth per connection (KiB)",
+        "vmdata_kb_per_conn",
+        Lower,
+    ),
+    row("connect errors", "connect_errors", Lower),
+    row("still connected at the end", "still_connected", Higher),
+];
+
+const TABLES: &[Table] = &[
+    Table {
+        title: "Fanout: 500 receivers in one room, 4 senders, 100 messages/s",
+        scenario: "fanout",
+        note: "",
+        rows: WINDOW_ROWS,
+    },
+    Table {
+        title: "Fanout capacity: from 100 messages/s up by 1.25x",
+        scenario: "fanout-capacity",
+        note: "Capacity = highest rate with no loss and p99 ≤ 50 ms (a step fails only if it fails twice).",
+        rows: CAPACITY_ROWS,
+    },
+    Table {
+        title: "Ingest: 10 receivers, 20 senders, 2000 messages/s",
+        scenario: "ingest",
+        note: "",
+        rows: WINDOW_ROWS,
+    },
+    Table {
+        title: "Ingest capacity: from 2000 messages/s up by 1.25x",
+        scenario: "ingest-capacity",
+        note: "",
+        rows: CAPACITY_ROWS,
+    },
+    Table {
+        title: "Many rooms: 2000 clients in 200 rooms (1800 receivers, 200 senders), 1000 messages/s",
+        scenario: "rooms",
+        note: "The peer has no rooms: every client gets every message and the benchmark client drops those of other rooms (`foreign`); only deliveries within the room count.",
+        rows: WINDOW_ROWS,
+    },
+    Table {
+        title: "Idle: 8000 connections",
+        scenario: "idle-8000",
+        note: "RSS of the gateway processes (ours: both gateways; peer: both node processes), before and after connecting.",
+        rows: IDLE_ROWS,
+    },
+    Table {
+        title: "Idle: 10000 connections",
+        scenario: "idle-10000",
+        note: "",
+        rows: IDLE_ROWS,
+    },
+];
+
+fn load(dir: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
+    let mut results = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {dir:?}"))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let text = std::fs::read_to_string(&path)?;
+        let value: Value =
+            serde_json::from_str(text.trim()).with_context(|| format!("{path:?} is not JSON"))?;
+        results.insert(name, value);
+    }
+    Ok(results)
+}
+
+/// A number as people read it: integers plain, others with 1 to 3 significant decimals.
+fn show(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "–".to_owned(),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(Value::Number(n)) => {
+            let f = n.as_f64().unwrap_or_default();
+            let a = f.abs();
+            if a >= 100.0 {
+                format!("{f:.0}")
+            } else if a >= 10.0 {
+                format!("{f:.1}")
+            } else if a >= 0.1 || a == 0.0 {
+                format!("{f:.2}")
+            } else {
+                format!("{f:.3}")
+            }
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn ratio(ours: Option<&Value>, peer: Option<&Value>, better: Better) -> String {
+    let (Some(a), Some(b)) = (ours.and_then(Value::as_f64), peer.and_then(Value::as_f64)) else {
+        return "–".to_owned();
+    };
+    if matches!(better, Neither) || b == 0.0 {
+        return "–".to_owned();
+    }
+    let r = a / b;
+    let verdict = match better {
+        Lower if r < 1.0 => " (ours better)",
+        Higher if r > 1.0 => " (ours better)",
+        _ if (r - 1.0).abs() < 1e-9 => "",
+        _ => " (peer better)",
+    };
+    format!("{r:.2}{verdict}")
+}
+
+/// The tables, as Markdown.
+pub fn render(dir: &Path) -> anyhow::Result<String> {
+    let results = load(dir)?;
+    let mut md = String::new();
+    for table in TABLES {
+        let ours = results.get(&format!("chat-{}", table.scenario));
+        let peer = results.get(&format!("socketio-{}", table.scenario));
+        if ours.is_none() && peer.is_none() {
+            continue;
+        }
+        let _ = writeln!(md, "### {}\n", table.title);
+        if !table.note.is_empty() {
+            let _ = writeln!(md, "{}\n", table.note);
+        }
+        let _ = writeln!(md, "| | ours (Rust) | peer (Socket.IO) | ours / peer |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for r in table.rows {
+            let a = ours.and_then(|v| v.get(r.key));
+            let b = peer.and_then(|v| v.get(r.key));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                r.label,
+                show(a),
+                show(b),
+                ratio(a, b, r.better)
+            );
+        }
+        for (who, v) in [("ours", ours), ("peer", peer)] {
+            if let Some(steps) = v.and_then(|v| v.get("steps")).and_then(Value::as_str) {
+                let _ = writeln!(md, "\nSteps, {who}: `{steps}`");
+            }
+            if let Some(by) = v
+                .and_then(|v| v.get("cpu_by_process"))
+                .and_then(Value::as_str)
+            {
+                let _ = writeln!(md, "\nCPU seconds by process, {who}: `{by}`");
+            }
+            if let Some(codes) = v
+                .and_then(|v| v.get("error_codes"))
+                .and_then(Value::as_str)
+                .filter(|c| *c != "-")
+            {
+                let _ = writeln!(md, "\nErrors, {who}: `{codes}`");
+            }
+            if let Some(by) = v
+                .and_then(|v| v.get("rss_by_process_kb"))
+                .and_then(Value::as_str)
+            {
+                let _ = writeln!(md, "\nRSS by process (KiB, before->after), {who}: `{by}`");
+            }
+        }
+        md.push('\n');
+    }
+    broker_tables(&results, &mut md);
+    Ok(md)
+}
+
+fn broker_tables(results: &BTreeMap<String, Value>, md: &mut String) {
+    let base = results.get("broker-baseline");
+    let cap = results.get("broker-capacity");
+    if base.is_some() || cap.is_some() {
+        let _ = writeln!(
+            md,
+            "### Broker alone (lapin, persistent, confirms, 2 durable + 2 exclusive queues)\n"
+        );
+        let _ = writeln!(md, "| | broker alone | ours | ours / broker |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        let ours = results.get("chat-ingest");
+        let ours_cap = results.get("chat-ingest-capacity");
+        let rows: [(&str, Option<&Value>, Option<&Value>, &str); 5] = [
+            ("latency p50 at the ingest rate (ms)", base, ours, "p50_ms"),
+            ("latency p99 at the ingest rate (ms)", base, ours, "p99_ms"),
+            (
+                "broker CPU per message at the ingest rate (µs)",
+                base,
+                ours,
+                "broker_cpu_us_per_msg",
+            ),
+            ("capacity (messages/s)", cap, ours_cap, "capacity_rate"),
+            ("p99 at capacity (ms)", cap, ours_cap, "capacity_p99_ms"),
+        ];
+        for (label, b, o, key) in rows {
+            let bv = b.and_then(|v| v.get(key));
+            let ov = o.and_then(|v| v.get(key));
+            let r = match (ov.and_then(Value::as_f64), bv.and_then(Value::as_f64)) {
+                (Some(o), Some(b)) if b != 0.0 => format!("{:.2}", o / b),
+                _ => "–".to_owned(),
+            };
+            let _ = writeln!(md, "| {label} | {} | {} | {r} |", show(bv), show(ov));
+        }
+        if let Some(steps) = cap.and_then(|v| v.get("steps")).and_then(Value::as_str) {
+            let _ = writeln!(md, "\nSteps, broker alone: `{steps}`");
+        }
+        md.push('\n');
+    }
+    let archives: Vec<(&String, &Value)> = results
+        .iter()
+        .filter(|(k, _)| k.starts_with("chat-archive"))
+        .collect();
+    if !archives.is_empty() {
+        let _ = writeln!(
+            md,
+            "### Archiver ingest (ours only: the peer keeps no history)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| rate offered (events/s) | sent | archived | committed (events/s) | lag after last send (ms) | deficit max | deficit mean | archiver+logger+gateways CPU per event (µs) |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut archives = archives;
+        archives.sort_by(|a, b| {
+            let r = |v: &Value| v["rate"].as_f64().unwrap_or_default();
+            r(a.1).total_cmp(&r(b.1))
+        });
+        for (_, v) in archives {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                show(v.get("rate")),
+                show(v.get("sent")),
+                show(v.get("archived")),
+                show(v.get("ingest_per_s")),
+                show(v.get("lag_ms")),
+                show(v.get("deficit_max")),
+                show(v.get("deficit_mean")),
+                show(v.get("cpu_us_per_msg")),
+            );
+        }
+        md.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_systems_side_by_side_with_the_ratio() {
+        let dir = std::env::temp_dir().join(format!("chat-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("chat-fanout.json"),
+            r#"{"cpu_us_per_delivery":2.0,"received":500,"p99_ms":3.5}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("socketio-fanout.json"),
+            r#"{"cpu_us_per_delivery":4.0,"received":500,"p99_ms":7.0}"#,
+        )
+        .unwrap();
+        let md = render(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(md.contains("| system CPU per delivery (µs) | 2.00 | 4.00 | 0.50 (ours better) |"));
+        assert!(md.contains("| deliveries received | 500 | 500 | 1.00 |"));
+        assert!(!md.contains("Idle"));
+    }
+}
