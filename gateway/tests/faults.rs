@@ -38,6 +38,22 @@ fn run(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The OS pid of the default RabbitMQ node, from the node itself.
+fn broker_pid() -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["eval", "os:getpid()."])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    pid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then_some(pid)
+        .filter(|p| !p.is_empty())
+}
+
 fn amqp_port_open() -> bool {
     std::net::TcpStream::connect("127.0.0.1:5672").is_ok()
 }
@@ -51,7 +67,12 @@ impl BrokerOutage {
         let guard = Self(outage);
         tokio::task::spawn_blocking(move || match outage {
             Outage::Graceful => assert!(run("rabbitmqctl", &["stop_app"])),
-            Outage::Crash => assert!(run("pkill", &["-KILL", "-f", "beam.smp.*rabbit"])),
+            Outage::Crash => {
+                // The node on 5672 only: other RabbitMQ nodes on this machine (a benchmark's
+                // private broker) are not ours to kill.
+                let pid = broker_pid().expect("the broker's OS pid");
+                assert!(run("kill", &["-KILL", &pid]));
+            }
         })
         .await
         .unwrap();
