@@ -2,8 +2,9 @@
 //! publisher channel in confirm mode, a consumer channel on the gateway's own exclusive
 //! queue (every event, fanned out to local clients), and a history channel that asks the
 //! archiver over direct reply-to. When the broker goes away the link reports unavailable
-//! (publishes fail fast with `unavailable`, `/healthz` says 503) and reconnects by itself,
-//! declaring its queue again.
+//! (`/healthz` says 503; a publish waits up to `PUBLISH_TIMEOUT_MS` for the link to come
+//! back, then the client gets `unavailable`) and reconnects by itself, declaring its queue
+//! again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
