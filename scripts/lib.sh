@@ -46,6 +46,6 @@ ensure_rabbitmq() {
 # Builds the three binaries in release mode and sets BIN to their directory.
 build_release() {
   step "building (cargo build --release)"
-  cargo build --release --locked --bins
+  cargo build --release --locked -p gateway -p logger -p archiver
   BIN="$(pwd)/target/release"
 }
