@@ -242,6 +242,7 @@ impl Client {
         };
         let link = self.state.link.clone();
         let outbox = self.outbox.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             let mut frames = Vec::with_capacity(2);
             let reply = link.history(&request).await;
@@ -272,12 +273,21 @@ impl Client {
             };
             // The error explaining an empty or fallback history comes first, then `joined`.
             frames.push(joined.encode());
+            // Events this gateway received just before the client was registered may not be
+            // archived yet: those after the history's last event (or after `since`) follow it.
+            let anchor = history
+                .last()
+                .map(|e| e.id.as_str())
+                .or(request.since.as_deref());
+            let unarchived =
+                anchor.map_or_else(Vec::new, |id| state.rooms.received_after(&room, id));
             let history_ids = history.into_iter().map(|e| e.id).collect();
             let _ = outbox
                 .send(Outbound::Joined(Box::new(Joined {
                     room,
                     frames,
                     history_ids,
+                    unarchived,
                 })))
                 .await;
         });
@@ -515,6 +525,7 @@ async fn apply(
                 room,
                 frames,
                 history_ids,
+                unarchived,
             } = *joined;
             let buffer = match rooms.get_mut(&room) {
                 Some(view @ RoomView::Buffering(_)) => {
@@ -529,10 +540,16 @@ async fn apply(
                 // The client left while its history was loading.
                 None => return Ok(()),
             };
-            let seen: HashSet<String> = history_ids.into_iter().collect();
-            let fresh = buffer
+            // After the history: the events received before the join but not archived yet,
+            // then those buffered since, each once.
+            let mut seen: HashSet<Box<str>> = history_ids
                 .into_iter()
-                .filter(|event| !seen.contains(&*event.id))
+                .map(String::into_boxed_str)
+                .collect();
+            let fresh = unarchived
+                .into_iter()
+                .chain(buffer)
+                .filter(|event| seen.insert(event.id.clone()))
                 .map(|event| event.frame.clone());
             feed_all(sink, frames.into_iter().map(Message::text).chain(fresh)).await
         }

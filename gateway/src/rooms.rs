@@ -4,7 +4,7 @@
 //! stall the consumer or other clients; a client whose queue is full is told to go (it
 //! resumes with `since`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -45,6 +45,8 @@ pub struct Joined {
     pub room: Arc<str>,
     pub frames: Vec<String>,
     pub history_ids: Vec<String>,
+    /// Events received before the join that the archive may not have had yet.
+    pub unarchived: Vec<Arc<SharedEvent>>,
 }
 
 /// One event as every recipient gets it.
@@ -67,6 +69,9 @@ pub struct Member {
 
 /// How many recent event ids a gateway remembers, to drop repeats.
 const RECENT_IDS: usize = 16_384;
+/// How many of the latest events (all rooms) a gateway keeps for joins: the archive trails
+/// the exchange a little, and these cover the gap.
+const RECENT_EVENTS: usize = 4096;
 
 /// The room registry of one gateway.
 #[derive(Debug)]
@@ -76,6 +81,8 @@ pub struct Rooms {
     /// Ids of events delivered recently: a publish retried after a lost confirm, or an
     /// event recovered after an outage that also arrived live, reaches clients once.
     recent: Mutex<RecentIds>,
+    /// The latest events this gateway received, oldest first, whatever their room.
+    latest: Mutex<VecDeque<Arc<SharedEvent>>>,
 }
 
 impl Default for Rooms {
@@ -84,6 +91,7 @@ impl Default for Rooms {
             rooms: RwLock::default(),
             next_conn: AtomicU64::default(),
             recent: Mutex::new(RecentIds::new(RECENT_IDS)),
+            latest: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
         }
     }
 }
@@ -98,7 +106,19 @@ impl Rooms {
             .unwrap_or_else(|e| e.into_inner())
             .first_time(&event.id);
         if fresh {
-            let delivered = self.fanout(event);
+            let shared = Arc::new(SharedEvent {
+                room: Arc::from(event.room.as_str()),
+                id: event.id.as_str().into(),
+                frame: Message::text(event_frame(event)),
+            });
+            {
+                let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+                if latest.len() == RECENT_EVENTS {
+                    latest.pop_front();
+                }
+                latest.push_back(shared.clone());
+            }
+            let delivered = self.fanout(shared);
             metrics::counter!("chat_events_delivered_total").increment(delivered as u64);
             let age = (chrono::Utc::now() - event.at)
                 .num_microseconds()
@@ -107,6 +127,22 @@ impl Rooms {
             metrics::histogram!("chat_delivery_latency_seconds").record(age as f64 / 1e6);
         }
         fresh
+    }
+
+    /// The events of `room` this gateway received after the event `after`, oldest first;
+    /// empty if `after` is not among the latest events (then the archive, which trails the
+    /// exchange by far less, had them all).
+    pub fn received_after(&self, room: &str, after: &str) -> Vec<Arc<SharedEvent>> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(position) = latest.iter().position(|e| &*e.id == after) else {
+            return Vec::new();
+        };
+        latest
+            .iter()
+            .skip(position + 1)
+            .filter(|e| &*e.room == room)
+            .cloned()
+            .collect()
     }
 
     /// The rooms that have local members now.
@@ -146,16 +182,11 @@ impl Rooms {
 
     /// Sends one event to every member of its room; returns how many got it. Members whose
     /// queue is full are kicked: better a clean reconnect with `since` than a silent gap.
-    fn fanout(&self, event: &Event) -> usize {
+    fn fanout(&self, shared: Arc<SharedEvent>) -> usize {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        let Some((name, members)) = rooms.get_key_value(event.room.as_str()) else {
+        let Some(members) = rooms.get(&shared.room) else {
             return 0;
         };
-        let shared = Arc::new(SharedEvent {
-            room: name.clone(),
-            id: event.id.as_str().into(),
-            frame: Message::text(event_frame(event)),
-        });
         let mut delivered = 0;
         for member in members.values() {
             match member.outbox.try_send(Outbound::Event(shared.clone())) {

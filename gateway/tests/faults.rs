@@ -471,7 +471,17 @@ async fn a_client_resuming_with_since_gets_exactly_what_it_missed_then_live_even
     ));
     assert_eq!(texts, expected);
 
-    // An unknown since fails closed: an error, then the normal history.
+    // An unknown since fails closed: an error, then the normal history (once the archive
+    // has caught up, so that the history's length is known).
+    eventually(WAIT, "bob's 40 messages archived", || async {
+        let count = archived(archiver.addr(), "lobby")
+            .await
+            .iter()
+            .filter(|e| e["user"] == "bob" && e["type"] == "message")
+            .count();
+        (count == 40).then_some(())
+    })
+    .await;
     let mut carol = Client::connect(&one).await;
     carol
         .send(json!({"type": "join", "room": "lobby", "name": "carol", "since": "0190aaaa-0000-7000-8000-000000000000"}))
