@@ -53,16 +53,15 @@ async fn wait_healthy(addr: SocketAddr) {
     .await;
 }
 
-/// Starts a gateway and waits until it is linked to the broker.
-pub async fn start_gateway(prefix: &str, extra: &[&str]) -> Service {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Runs a service on `listener` in this process and waits until its `/healthz` is 200.
+async fn launch<F, Fut>(listener: TcpListener, run: F) -> Service
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
-    let url = amqp_url();
-    let mut args = vec!["gateway", "--prefix", prefix, "--amqp-url", &url];
-    args.extend_from_slice(extra);
-    let config = gateway::Config::try_parse_from(args).unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(gateway::run(listener, config, shutdown.clone()));
+    let task = tokio::spawn(run(listener, shutdown.clone()));
     wait_healthy(addr).await;
     Service {
         addr: Some(addr),
@@ -71,10 +70,22 @@ pub async fn start_gateway(prefix: &str, extra: &[&str]) -> Service {
     }
 }
 
+/// Starts a gateway and waits until it is linked to the broker.
+pub async fn start_gateway(prefix: &str, extra: &[&str]) -> Service {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = amqp_url();
+    let mut args = vec!["gateway", "--prefix", prefix, "--amqp-url", &url];
+    args.extend_from_slice(extra);
+    let config = gateway::Config::try_parse_from(args).unwrap();
+    launch(listener, |listener, shutdown| {
+        gateway::run(listener, config, shutdown)
+    })
+    .await
+}
+
 /// Starts an archiver on `db` and waits until it consumes.
 pub async fn start_archiver(prefix: &str, db: &Path) -> Service {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let url = amqp_url();
     let database_url = format!("sqlite://{}", db.display());
     let cli = archiver::cli::Cli::try_parse_from([
@@ -87,20 +98,15 @@ pub async fn start_archiver(prefix: &str, db: &Path) -> Service {
         &database_url,
     ])
     .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(archiver::run(listener, cli.config, shutdown.clone()));
-    wait_healthy(addr).await;
-    Service {
-        addr: Some(addr),
-        shutdown,
-        task,
-    }
+    launch(listener, |listener, shutdown| {
+        archiver::run(listener, cli.config, shutdown)
+    })
+    .await
 }
 
 /// Starts a logger writing to `file` and waits until it consumes.
 pub async fn start_logger(prefix: &str, file: &Path) -> Service {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let url = amqp_url();
     let file = file.display().to_string();
     let cli = logger::cli::Cli::try_parse_from([
@@ -115,15 +121,11 @@ pub async fn start_logger(prefix: &str, file: &Path) -> Service {
         "false",
     ])
     .unwrap();
-    let shutdown = CancellationToken::new();
     let reopen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let task = tokio::spawn(logger::run(listener, cli.config, reopen, shutdown.clone()));
-    wait_healthy(addr).await;
-    Service {
-        addr: Some(addr),
-        shutdown,
-        task,
-    }
+    launch(listener, |listener, shutdown| {
+        logger::run(listener, cli.config, reopen, shutdown)
+    })
+    .await
 }
 
 /// A websocket client of a gateway.
@@ -142,6 +144,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
+        Self::greeted(ws).await
+    }
+
+    /// Wraps an open websocket and reads its `hello` frame.
+    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         let mut client = Self {
             ws,
             backlog: VecDeque::new(),
@@ -163,14 +170,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
             .await
             .expect("websocket connects");
-        let mut client = Self {
-            ws,
-            backlog: VecDeque::new(),
-            gateway: String::new(),
-        };
-        let hello = client.recv().await;
-        client.gateway = hello["gateway"].as_str().unwrap().to_owned();
-        client
+        Self::greeted(ws).await
     }
 
     /// Sends a JSON frame.
@@ -301,16 +301,7 @@ pub async fn connect_with_headers(
         );
     }
     match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => {
-            let mut client = Client {
-                ws,
-                backlog: VecDeque::new(),
-                gateway: String::new(),
-            };
-            let hello = client.recv().await;
-            client.gateway = hello["gateway"].as_str().unwrap_or_default().to_owned();
-            Ok(client)
-        }
+        Ok((ws, _)) => Ok(Client::greeted(ws).await),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(response.status().as_u16())
         }
