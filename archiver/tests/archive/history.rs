@@ -157,3 +157,43 @@ async fn a_storage_failure_is_retried_and_loses_nothing() {
     archiver.stop().await;
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_batch_is_stored_in_order_once_per_id_with_the_room_summary_counting_new_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("archive.db").display());
+    let store = archiver::Store::open(&url).await.unwrap();
+    let first = message("kitchen", r#"quotes " and \ backslash, café, 🍕"#);
+    let join = Event::new(
+        chat_core::EventKind::Join,
+        "kitchen",
+        "bob",
+        None,
+        "gw-test",
+    );
+    let third = message("hall", "elsewhere");
+    // A repeat inside the batch and, next time, one already archived: each stored once.
+    let inserted = store
+        .insert(&[first.clone(), join.clone(), first.clone(), third.clone()])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 3);
+    let last = message("kitchen", "last");
+    let inserted = store.insert(&[join.clone(), last.clone()]).await.unwrap();
+    assert_eq!(inserted, 1);
+
+    let page = store.page("kitchen", 10, None).await.unwrap();
+    assert_eq!(
+        page,
+        [first, join, last.clone()],
+        "arrival order, stored as given"
+    );
+    let rooms = store.rooms().await.unwrap();
+    let kitchen = rooms.iter().find(|r| r.room == "kitchen").unwrap();
+    assert_eq!(
+        (kitchen.events, kitchen.last_id.as_str()),
+        (3, last.id.as_str())
+    );
+    let hall = rooms.iter().find(|r| r.room == "hall").unwrap();
+    assert_eq!((hall.events, hall.last_id.as_str()), (1, third.id.as_str()));
+}
