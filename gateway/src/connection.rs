@@ -9,24 +9,15 @@ use std::sync::Arc;
 
 use chat_core::history::HistoryRequest;
 use chat_core::{Event, EventKind};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::rooms::{ConnId, Joined, Member, Outbound, SharedEvent};
+use crate::ws::{self, frame, Incoming, ReadError};
 use crate::State;
-
-/// A client's socket after the upgrade.
-pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Close code when the gateway shuts down: clients reconnect elsewhere.
 const CLOSE_RESTART: u16 = 1012;
@@ -40,14 +31,15 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 const KICK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most live events buffered for a room while its history is fetched.
 const MAX_JOIN_BUFFER: usize = 10_000;
+/// Most bytes gathered from the queue into one write.
+const MAX_BURST: usize = 256 * 1024;
 
 /// Serves one websocket until the client leaves, the gateway shuts down, or the client is
 /// too slow to keep up.
-pub async fn serve(socket: WebSocket, state: Arc<State>) {
-    let (sink, mut stream) = socket.split();
+pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>) {
     let (outbox, inbox) = mpsc::channel(state.config.client_queue.max(16));
     let kick = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(sink, inbox, kick.clone()));
+    let writer = tokio::spawn(write_loop(writer, inbox, kick.clone()));
     let mut client = Client {
         conn: state.rooms.next_conn_id(),
         state: state.clone(),
@@ -70,25 +62,30 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
     let _connected = ConnectedGauge::new();
     let mut limiter = RateLimiter::new(state.config.rate_limit, state.config.rate_burst);
     let (code, reason) = loop {
-        let frame = tokio::select! {
+        let incoming = tokio::select! {
             _ = state.shutdown.cancelled() => break (CLOSE_RESTART, "service restart"),
             _ = kick.cancelled() => break (CLOSE_SLOW, "too slow: reconnect and resume with since"),
-            frame = stream.next() => frame,
+            incoming = reader.next() => incoming,
         };
-        let message = match frame {
-            Some(Ok(message)) => message,
-            Some(Err(err)) => {
+        let text = match incoming {
+            Ok(Some(Incoming::Text(text))) => Some(text),
+            Ok(Some(Incoming::Binary(_))) => None,
+            Ok(Some(Incoming::Ping(payload))) => {
+                let _ = client
+                    .outbox
+                    .send(Outbound::Raw(Box::new(frame::pong(&payload))))
+                    .await;
+                continue;
+            }
+            Ok(Some(Incoming::Close(_)) | None) => break (1000, ""),
+            Err(ReadError::Frame(err)) => {
+                tracing::debug!(error = %err, "closing a websocket that broke the protocol");
+                break (err.close_code(), err.close_reason());
+            }
+            Err(ReadError::Io(err)) => {
                 tracing::debug!(error = %err, "websocket read failed");
                 break (1000, "");
             }
-            None => break (1000, ""),
-        };
-        let text = match &message {
-            Message::Close(_) => break (1000, ""),
-            Message::Text(text) => Some(text.as_str()),
-            Message::Binary(_) => None,
-            // Pings are answered by the websocket layer; pongs need nothing.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         match limiter.check() {
             Verdict::Allow => {}
@@ -114,7 +111,7 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
             }
         }
         if let Some(text) = text {
-            match protocol::parse(text, &state.limits) {
+            match protocol::parse(&text, &state.limits) {
                 // Boxed: the state of a join or say is then allocated only while it runs,
                 // instead of enlarging every idle connection's task by its size.
                 Ok(command) => Box::pin(client.handle(command)).await,
@@ -131,10 +128,25 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         }
     };
 
-    Box::pin(client.disconnect()).await;
+    // Boxed: the closing steps are allocated only when they run, instead of enlarging
+    // every idle connection's task by their size.
+    Box::pin(finish(client, reader, writer, code, reason)).await;
+}
+
+/// Ends a connection: leaves its rooms, queues the close frame behind everything already
+/// queued, waits for the writer and, when the gateway closed, for the client's close.
+async fn finish(
+    mut client: Client,
+    mut reader: ws::Reader,
+    writer: tokio::task::JoinHandle<()>,
+    code: u16,
+    reason: &'static str,
+) {
+    let kick = client.kick.clone();
+    client.disconnect().await;
     // The close frame goes through the queue, after everything already in it; a client
     // whose queue is stuck is simply cut off.
-    let close = Outbound::Close { code, reason };
+    let close = Outbound::Close(Box::new((code, reason)));
     if client
         .outbox
         .send_timeout(close, CLOSE_GRACE)
@@ -150,8 +162,8 @@ pub async fn serve(socket: WebSocket, state: Arc<State>) {
         // still sends until its close arrives. Closing a socket with unread input resets
         // the connection, and the client would lose our close frame and its code.
         let drain = async {
-            while let Some(Ok(message)) = stream.next().await {
-                if message.is_close() {
+            while let Ok(Some(incoming)) = reader.next().await {
+                if matches!(incoming, Incoming::Close(_)) {
                     break;
                 }
             }
@@ -332,7 +344,7 @@ impl Client {
                     )
                 }
             };
-            let _ = outbox.send(Outbound::Frame(frame)).await;
+            let _ = outbox.send(Outbound::Frame(frame.into())).await;
         });
     }
 
@@ -382,17 +394,23 @@ impl Client {
     }
 
     async fn send(&self, frame: ServerFrame<'_>) {
-        let _ = self.outbox.send(Outbound::Frame(frame.encode())).await;
+        let _ = self
+            .outbox
+            .send(Outbound::Frame(frame.encode().into()))
+            .await;
     }
 
     async fn reject(&self, rejection: Rejection) {
         let _ = self
             .outbox
-            .send(Outbound::Frame(error_frame_text(
-                rejection.r#ref.as_deref(),
-                rejection.code,
-                &rejection.message,
-            )))
+            .send(Outbound::Frame(
+                error_frame_text(
+                    rejection.r#ref.as_deref(),
+                    rejection.code,
+                    &rejection.message,
+                )
+                .into(),
+            ))
             .await;
     }
 }
@@ -414,13 +432,6 @@ fn error_frame_text(r#ref: Option<&str>, code: &str, message: &str) -> String {
     .encode()
 }
 
-fn close_frame(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }))
-}
-
 /// What the writer knows of a room.
 enum RoomView {
     /// Joining: live events wait here until the history has been sent.
@@ -431,94 +442,86 @@ enum RoomView {
 
 /// Owns the sending half: applies [`Outbound`] items in order until a close is requested,
 /// the queue closes, or `kick` fires (a full queue, or the reader going away); a failed send
-/// kicks the reader in turn. A send blocked on a client that does not read is abandoned on
-/// kick, so a stuck client cannot hold its task forever.
+/// kicks the reader in turn. Whatever queued up while a write was in progress goes out in
+/// the next write, so a burst costs one system call. A write blocked on a client that does
+/// not read is abandoned on kick, so a stuck client cannot hold its task forever.
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut writer: ws::Writer,
     mut inbox: mpsc::Receiver<Outbound>,
     kick: CancellationToken,
 ) {
     let mut rooms: HashMap<Arc<str>, RoomView> = HashMap::new();
-    let mut kicked = false;
-    loop {
+    let mut close = None;
+    let kicked = loop {
         let out = tokio::select! {
             biased;
-            _ = kick.cancelled() => {
-                kicked = true;
+            _ = kick.cancelled() => break true,
+            out = inbox.recv() => out,
+        };
+        let Some(mut out) = out else { break false };
+        loop {
+            if let Outbound::Close(code_reason) = out {
+                close = Some(*code_reason);
                 break;
             }
-            out = inbox.recv() => match out {
-                Some(out) => out,
-                None => break,
-            },
-        };
-        if let Outbound::Close { code, reason } = out {
-            let close = sink.send(close_frame(code, reason));
-            let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
-            break;
+            apply(&mut writer, &mut rooms, &kick, out);
+            if writer.pending_bytes() >= MAX_BURST {
+                break;
+            }
+            match inbox.try_recv() {
+                Ok(next) => out = next,
+                Err(_) => break,
+            }
         }
-        let sent = tokio::select! {
-            _ = kick.cancelled() => {
-                kicked = true;
-                break;
-            }
-            sent = apply(&mut sink, &mut rooms, &kick, out) => sent,
+        let written = tokio::select! {
+            _ = kick.cancelled() => break true,
+            written = writer.flush() => written,
         };
-        // Frames are buffered, not written one by one: what queued up meanwhile goes out in
-        // as few writes as possible, flushed once the queue is empty.
-        let sent = match sent {
-            Ok(()) if inbox.is_empty() => tokio::select! {
-                _ = kick.cancelled() => {
-                    kicked = true;
-                    break;
-                }
-                flushed = sink.flush() => flushed,
-            },
-            other => other,
-        };
-        if sent.is_err() {
+        if written.is_err() {
             kick.cancel();
-            break;
+            break true;
         }
-    }
-    if kicked {
+        if close.is_some() {
+            break false;
+        }
+    };
+    let (code, reason, grace) = if kicked {
         // Too slow (or its close could not be queued): say so if the socket still takes a
         // frame, but do not wait for a client that does not read.
-        let close = sink.send(close_frame(
+        (
             CLOSE_SLOW,
             "too slow: reconnect and resume with since",
-        ));
-        let _ = tokio::time::timeout(KICK_GRACE, close).await;
-        return;
-    }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+            KICK_GRACE,
+        )
+    } else {
+        let (code, reason) = close.unwrap_or((1000, ""));
+        (code, reason, CLOSE_GRACE)
+    };
+    writer.push(frame::close(code, reason));
+    let _ = tokio::time::timeout(grace, writer.flush()).await;
 }
 
-/// Applies one queued item: buffers its frame for the socket (the caller flushes), keeps it
+/// Applies one queued item: queues its frame for the socket (the caller flushes), keeps it
 /// for after a join's history, or updates the room view.
-async fn apply(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+fn apply(
+    writer: &mut ws::Writer,
     rooms: &mut HashMap<Arc<str>, RoomView>,
     kick: &CancellationToken,
     out: Outbound,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+) {
     match out {
-        Outbound::Frame(frame) => sink.feed(Message::text(frame)).await,
+        Outbound::Frame(text) => writer.push(frame::text(&text)),
+        Outbound::Raw(bytes) => writer.push(*bytes),
         Outbound::Joining(room) => {
             rooms.insert(room, RoomView::Buffering(Vec::new()));
-            Ok(())
         }
         Outbound::Event(event) => match rooms.get_mut(&event.room) {
-            Some(RoomView::Live) => sink.feed(event.frame.clone()).await,
+            Some(RoomView::Live) => writer.push(event.frame.clone()),
             Some(RoomView::Buffering(buffer)) if buffer.len() < MAX_JOIN_BUFFER => {
                 buffer.push(event);
-                Ok(())
             }
-            Some(RoomView::Buffering(_)) => {
-                kick.cancel();
-                Ok(())
-            }
-            None => Ok(()),
+            Some(RoomView::Buffering(_)) => kick.cancel(),
+            None => {}
         },
         Outbound::Joined(joined) => {
             let Joined {
@@ -538,39 +541,30 @@ async fn apply(
                 // live already, so only the (possibly overlapping) history is sent.
                 Some(RoomView::Live) => Vec::new(),
                 // The client left while its history was loading.
-                None => return Ok(()),
+                None => return,
             };
+            for text in &frames {
+                writer.push(frame::text(text));
+            }
             // After the history: the events received before the join but not archived yet,
             // then those buffered since, each once.
             let mut seen: HashSet<Box<str>> = history_ids
                 .into_iter()
                 .map(String::into_boxed_str)
                 .collect();
-            let fresh = unarchived
-                .into_iter()
-                .chain(buffer)
-                .filter(|event| seen.insert(event.id.clone()))
-                .map(|event| event.frame.clone());
-            feed_all(sink, frames.into_iter().map(Message::text).chain(fresh)).await
+            for event in unarchived.into_iter().chain(buffer) {
+                if seen.insert(event.id.clone()) {
+                    writer.push(event.frame.clone());
+                }
+            }
         }
         Outbound::Left(left) => {
             let (room, frame) = *left;
             rooms.remove(&room);
-            match frame {
-                Some(frame) => sink.feed(Message::text(frame)).await,
-                None => Ok(()),
+            if let Some(text) = frame {
+                writer.push(frame::text(&text));
             }
         }
-        Outbound::Close { .. } => Ok(()),
+        Outbound::Close(_) => {}
     }
-}
-
-async fn feed_all(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    frames: impl Iterator<Item = Message>,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    for frame in frames {
-        sink.feed(frame).await?;
-    }
-    Ok(())
 }

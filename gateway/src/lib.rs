@@ -16,6 +16,7 @@ mod rooms;
 mod routes;
 mod server;
 mod upgrade;
+pub mod ws;
 
 use std::sync::Arc;
 

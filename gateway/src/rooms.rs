@@ -8,24 +8,27 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use chat_core::dedupe::RecentIds;
 use chat_core::Event;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::event_frame;
+use crate::ws::frame;
 
 /// Identifies one websocket connection within this gateway.
 pub type ConnId = u64;
 
-/// What a connection's writer receives. Kept small (rare variants boxed, events shared
-/// through one `Arc`): every client's queue holds up to `CLIENT_QUEUE` of these, and the
-/// queue allocates its slots in blocks of 32.
+/// What a connection's writer receives. Kept to 24 bytes (rare variants boxed, events
+/// shared through one `Arc`): every client's queue allocates its slots in blocks of 32
+/// when it is created, idle or not.
 #[derive(Debug)]
 pub enum Outbound {
     /// A JSON text frame to send as is (acks, errors, hello, left).
-    Frame(String),
+    Frame(Box<str>),
+    /// An encoded websocket frame (a pong).
+    Raw(Box<Bytes>),
     /// The client is (re)joining `room`: buffer its events until the history is sent.
     Joining(Arc<str>),
     /// The history of a joining room is ready.
@@ -35,7 +38,7 @@ pub enum Outbound {
     /// A live event, encoded once for all recipients.
     Event(Arc<SharedEvent>),
     /// Close the websocket with this code and reason.
-    Close { code: u16, reason: &'static str },
+    Close(Box<(u16, &'static str)>),
 }
 
 /// The answer to a join: send `frames` (the `joined` frame, possibly preceded by an
@@ -56,8 +59,8 @@ pub struct SharedEvent {
     pub room: Arc<str>,
     /// Its id, to drop it from a join's buffer when the history has it already.
     pub id: Box<str>,
-    /// The encoded `event` frame; cloning it shares the bytes.
-    pub frame: Message,
+    /// The encoded websocket frame of the `event` message; cloning it shares the bytes.
+    pub frame: Bytes,
 }
 
 /// A member's way in: its queue, and a token that disconnects it when the queue is full.
@@ -78,11 +81,18 @@ const RECENT_EVENTS: usize = 4096;
 pub struct Rooms {
     rooms: RwLock<HashMap<Arc<str>, HashMap<ConnId, Member>>>,
     next_conn: AtomicU64,
+    /// What this gateway delivered lately, behind one lock taken once per event.
+    recent: Mutex<Recent>,
+}
+
+/// The memory of recent deliveries.
+#[derive(Debug)]
+struct Recent {
     /// Ids of events delivered recently: a publish retried after a lost confirm, or an
     /// event recovered after an outage that also arrived live, reaches clients once.
-    recent: Mutex<RecentIds>,
+    ids: RecentIds,
     /// The latest events this gateway received, oldest first, whatever their room.
-    latest: Mutex<VecDeque<Arc<SharedEvent>>>,
+    latest: VecDeque<Arc<SharedEvent>>,
 }
 
 impl Default for Rooms {
@@ -90,8 +100,10 @@ impl Default for Rooms {
         Self {
             rooms: RwLock::default(),
             next_conn: AtomicU64::default(),
-            recent: Mutex::new(RecentIds::new(RECENT_IDS)),
-            latest: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+            recent: Mutex::new(Recent {
+                ids: RecentIds::new(RECENT_IDS),
+                latest: VecDeque::with_capacity(RECENT_EVENTS),
+            }),
         }
     }
 }
@@ -100,24 +112,24 @@ impl Rooms {
     /// Delivers an event to its room's members unless it was delivered recently; encodes
     /// it once for all of them. Returns whether it was new.
     pub fn deliver(&self, event: &Event) -> bool {
-        let fresh = self
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .first_time(&event.id);
-        if fresh {
-            let shared = Arc::new(SharedEvent {
-                room: Arc::from(event.room.as_str()),
-                id: event.id.as_str().into(),
-                frame: Message::text(event_frame(event)),
-            });
-            {
-                let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-                if latest.len() == RECENT_EVENTS {
-                    latest.pop_front();
+        // Encoded before taking the lock, which then covers only the bookkeeping.
+        let shared = Arc::new(SharedEvent {
+            room: Arc::from(event.room.as_str()),
+            id: event.id.as_str().into(),
+            frame: frame::text(&event_frame(event)),
+        });
+        let fresh = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = recent.ids.first_time(&event.id);
+            if fresh {
+                if recent.latest.len() == RECENT_EVENTS {
+                    recent.latest.pop_front();
                 }
-                latest.push_back(shared.clone());
+                recent.latest.push_back(shared.clone());
             }
+            fresh
+        };
+        if fresh {
             let delivered = self.fanout(shared);
             metrics::counter!("chat_events_delivered_total").increment(delivered as u64);
             let age = (chrono::Utc::now() - event.at)
@@ -133,7 +145,8 @@ impl Rooms {
     /// empty if `after` is not among the latest events (then the archive, which trails the
     /// exchange by far less, had them all).
     pub fn received_after(&self, room: &str, after: &str) -> Vec<Arc<SharedEvent>> {
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = &recent.latest;
         let Some(position) = latest.iter().position(|e| &*e.id == after) else {
             return Vec::new();
         };

@@ -1,8 +1,9 @@
 //! The websocket handshake on `/ws`, done on hyper directly rather than through warp's
-//! `ws()` filter, so that each socket is built with our own [`WebSocketConfig`]: warp's
-//! fixed configuration allocates a 128 KiB read buffer per connection up front, which
-//! would make an idle client cost far more than its chat state. The page and the probes
-//! stay on warp (see `server.rs`).
+//! `ws()` filter: warp's websocket allocates a 128 KiB read buffer per connection up front
+//! and encodes every message per socket, while our own layer (`ws`) keeps no buffers for an
+//! idle client and shares each event's encoded frame between sockets. After the 101 the
+//! TCP stream is taken back from hyper and split into our reader and writer. The page and
+//! the probes stay on warp (see `server.rs`).
 //!
 //! Before upgrading, the request must be a well-formed websocket handshake, come from an
 //! allowed `Origin`, and find the gateway under its connection limit.
@@ -13,34 +14,17 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
 use warp::reply::Response;
 
-use crate::connection;
 use crate::routes::json_error;
-use crate::State;
+use crate::{connection, ws, State};
 
-/// The socket's read buffer, allocated up front for every connection. Ordinary chat frames
-/// fit; for a larger frame tungstenite reserves the frame's length once its header is read.
-const READ_BUFFER: usize = 1024;
-/// Bytes gathered before a write reaches the socket (frames sent together are batched).
-const WRITE_BUFFER: usize = 8 * 1024;
-/// Bytes that may wait in one socket's write buffer before the client counts as dead.
-const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
-
-/// The socket configuration: small buffers, and a hard cap on frames well above
-/// `MAX_FRAME`, so an oversized frame gets a `too_large` error and the connection stays
-/// usable; only abuse beyond the cap is cut.
-pub fn config(max_frame: usize) -> WebSocketConfig {
-    let hard_cap = max_frame.saturating_mul(4).max(64 * 1024);
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(Some(hard_cap))
-        .max_frame_size(Some(hard_cap))
+/// The longest message read at all: well above `MAX_FRAME`, so an oversized message gets a
+/// `too_large` error and the connection stays usable; only abuse beyond this cap is cut
+/// (close code 1009).
+pub fn max_message(max_frame: usize) -> usize {
+    max_frame.saturating_mul(4).max(64 * 1024)
 }
 
 /// Answers a request for `/ws`: 101 and a websocket served by [`connection::serve`], or a
@@ -71,22 +55,22 @@ pub fn handle(mut request: Request<Incoming>, state: Arc<State>) -> Response {
             "this gateway is full; try another",
         );
     }
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = ws::accept_key(key.as_bytes());
     let pending = hyper::upgrade::on(&mut request);
-    let config = config(state.config.max_frame);
+    let max_message = max_message(state.config.max_frame);
     // Tracked from now on, so the connection limit counts handshakes in progress too.
     let tracker = state.connections.clone();
     tracker.spawn(async move {
         match pending.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                connection::serve(socket, state).await;
-            }
+            // The server serves plain TCP streams, so the upgraded connection is one.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let (read, write) = parts.io.into_inner().into_split();
+                    let reader = ws::Reader::new(read, parts.read_buf, max_message);
+                    connection::serve(reader, ws::Writer::new(write), state).await;
+                }
+                Err(_) => tracing::error!("an upgraded connection is not a TCP stream"),
+            },
             Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
         }
     });

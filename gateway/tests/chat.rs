@@ -445,3 +445,66 @@ async fn the_metrics_count_what_happened_from_the_start() {
     gateway.stop().await;
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn pings_are_answered_and_a_frame_breaking_the_protocol_closes_the_socket_with_1002() {
+    use tokio::io::AsyncWriteExt;
+
+    let prefix = unique_prefix("wsproto");
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut client = Client::connect(&gateway).await;
+    client
+        .send_message(Message::Ping(b"are you there".to_vec().into()))
+        .await;
+    assert_eq!(
+        client.next_message().await,
+        Message::Pong(b"are you there".to_vec().into())
+    );
+
+    // A hand-written client: the handshake and a ping in one write (the ping arrives with
+    // the HTTP request), then a frame without the mask every client frame must carry.
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        gateway.addr()
+    )
+    .into_bytes();
+    request.extend_from_slice(&[0x89, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    socket.write_all(&request).await.unwrap();
+    let mut received = Vec::new();
+    // The RFC 6455 example key and its answer; then `hello`, and the pong to our ping.
+    read_until(&mut socket, &mut received, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=").await;
+    read_until(&mut socket, &mut received, b"\x8a\x02hi").await;
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+    assert!(received.windows(7).any(|w| w == b"\"hello\""));
+
+    socket.write_all(b"\x81\x02hi").await.unwrap();
+    // A close frame with code 1002 (0x03EA).
+    read_until(&mut socket, &mut received, b"\x88").await;
+    let at = received.iter().rposition(|&b| b == 0x88).unwrap();
+    read_until(&mut socket, &mut received, &[0x03, 0xEA]).await;
+    assert_eq!(&received[at + 2..at + 4], &[0x03, 0xEA], "close code 1002");
+
+    gateway.stop().await;
+}
+
+/// Reads from `socket` into `received` until `want` appears in it.
+async fn read_until(socket: &mut tokio::net::TcpStream, received: &mut Vec<u8>, want: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    while !received.windows(want.len()).any(|w| w == want) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, socket.read(&mut chunk))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed early; got {:?}",
+            String::from_utf8_lossy(received)
+        );
+        received.extend_from_slice(&chunk[..n]);
+    }
+}

@@ -225,6 +225,15 @@ impl Client {
         }
     }
 
+    /// The next websocket message of any kind (pongs included), skipping nothing.
+    pub async fn next_message(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a valid message")
+    }
+
     /// The next frame, or the close code if the gateway closed the connection instead.
     pub async fn recv_or_close(&mut self) -> Result<Value, u16> {
         if let Some(frame) = self.backlog.pop_front() {
