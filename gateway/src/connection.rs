@@ -4,15 +4,15 @@
 //! moment the client is registered, the history is sent, then the buffered events that the
 //! history did not already contain.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chat_core::history::HistoryRequest;
 use chat_core::{Event, EventKind};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::outbox;
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::rooms::{ConnId, Joined, Member, Outbound, SharedEvent};
@@ -31,13 +31,11 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 const KICK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most live events buffered for a room while its history is fetched.
 const MAX_JOIN_BUFFER: usize = 10_000;
-/// Most bytes gathered from the queue into one write.
-const MAX_BURST: usize = 256 * 1024;
 
 /// Serves one websocket until the client leaves, the gateway shuts down, or the client is
 /// too slow to keep up.
 pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>) {
-    let (outbox, inbox) = mpsc::channel(state.config.client_queue.max(16));
+    let (outbox, inbox) = outbox::channel(state.config.client_queue.max(16));
     let kick = CancellationToken::new();
     let writer = tokio::spawn(write_loop(writer, inbox, kick.clone()));
     let mut client = Client {
@@ -192,7 +190,7 @@ impl Drop for ConnectedGauge {
 struct Client {
     conn: ConnId,
     state: Arc<State>,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: outbox::Sender<Outbound>,
     kick: CancellationToken,
     /// Joined rooms and the name used in each.
     joined: HashMap<Arc<str>, String>,
@@ -447,31 +445,33 @@ enum RoomView {
 /// not read is abandoned on kick, so a stuck client cannot hold its task forever.
 async fn write_loop(
     mut writer: ws::Writer,
-    mut inbox: mpsc::Receiver<Outbound>,
+    mut inbox: outbox::Receiver<Outbound>,
     kick: CancellationToken,
 ) {
     let mut rooms: HashMap<Arc<str>, RoomView> = HashMap::new();
     let mut close = None;
+    let mut batch = VecDeque::new();
     let kicked = loop {
-        let out = tokio::select! {
+        let received = tokio::select! {
             biased;
             _ = kick.cancelled() => break true,
-            out = inbox.recv() => out,
+            received = inbox.recv_all(&mut batch) => received,
         };
-        let Some(mut out) = out else { break false };
-        loop {
+        if !received {
+            break false;
+        }
+        // Everything queued meanwhile goes out in one write.
+        while let Some(out) = batch.pop_front() {
             if let Outbound::Close(code_reason) = out {
                 close = Some(*code_reason);
                 break;
             }
             apply(&mut writer, &mut rooms, &kick, out);
-            if writer.pending_bytes() >= MAX_BURST {
-                break;
-            }
-            match inbox.try_recv() {
-                Ok(next) => out = next,
-                Err(_) => break,
-            }
+        }
+        batch.clear();
+        if batch.capacity() > 64 {
+            // A burst grew it: an idle client keeps only a small buffer.
+            batch = VecDeque::new();
         }
         let written = tokio::select! {
             _ = kick.cancelled() => break true,

@@ -9,6 +9,7 @@ pub mod config;
 mod connection;
 mod link;
 pub mod origin;
+mod outbox;
 pub mod protocol;
 mod ratelimit;
 mod repair;

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use chat_core::dedupe::RecentIds;
 use chat_core::Event;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox;
 use crate::protocol::event_frame;
 use crate::ws::frame;
 
@@ -66,7 +66,7 @@ pub struct SharedEvent {
 /// A member's way in: its queue, and a token that disconnects it when the queue is full.
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub outbox: mpsc::Sender<Outbound>,
+    pub outbox: outbox::Sender<Outbound>,
     pub kick: CancellationToken,
 }
 
@@ -204,14 +204,14 @@ impl Rooms {
         for member in members.values() {
             match member.outbox.try_send(Outbound::Event(shared.clone())) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(outbox::TrySendError::Full(_)) => {
                     if !member.kick.is_cancelled() {
                         metrics::counter!("chat_clients_disconnected_total", "reason" => "slow")
                             .increment(1);
                     }
                     member.kick.cancel();
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(outbox::TrySendError::Closed(_)) => {}
             }
         }
         delivered

@@ -43,11 +43,13 @@ impl Writer {
     /// Writes everything queued. Cancel-safe: what was not written stays queued.
     pub async fn flush(&mut self) -> io::Result<()> {
         while self.pending_bytes > 0 {
-            self.socket.writable().await?;
+            // Written straight away; readiness is awaited only when the socket is full.
             match self.write_some() {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.socket.writable().await?;
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -58,8 +60,14 @@ impl Writer {
         Ok(())
     }
 
-    /// One non-blocking vectored write of the queue's head.
+    /// One non-blocking write of the queue's head: a plain `send` for a single frame (the
+    /// common case below saturation), else one `writev`.
     fn write_some(&self) -> io::Result<usize> {
+        if let [only] = self.pending.as_slices().0 {
+            if self.pending.len() == 1 {
+                return self.socket.try_write(only);
+            }
+        }
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let mut count = 0;
         for (slot, frame) in slices.iter_mut().zip(&self.pending) {

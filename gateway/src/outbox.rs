@@ -1,0 +1,260 @@
+//! A client's send queue: a bounded single-consumer queue that allocates nothing while it
+//! is empty. tokio's mpsc channel allocates a block of 32 slots (and a cache-padded channel
+//! header) for every queue up front, which for thousands of idle clients is most of what
+//! they cost; this queue is a `VecDeque` behind a mutex that is never held across an
+//! `.await`, and gives its memory back whenever the writer empties it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// Why an item was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    /// The queue holds `capacity` items already.
+    Full(T),
+    /// The receiver is gone.
+    Closed(T),
+}
+
+/// The receiver is gone (or, for a timed send, the queue stayed full).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SendError<T>(pub T);
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    capacity: usize,
+    /// Wakes the receiver: an item arrived or the last sender left.
+    item: Notify,
+    /// Wakes blocked senders: room was made or the receiver left.
+    room: Notify,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    senders: usize,
+    receiver_alive: bool,
+    /// The receiver found the queue empty and waits: the next push must wake it.
+    receiver_waiting: bool,
+}
+
+/// Queues items; cheap to clone.
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// Takes items off the queue, in order.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// A queue of at most `capacity` items.
+pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            senders: 1,
+            receiver_alive: true,
+            receiver_waiting: false,
+        }),
+        capacity: capacity.max(1),
+        item: Notify::new(),
+        room: Notify::new(),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` now, or says why not.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(TrySendError::Closed(item));
+        }
+        if state.items.len() >= self.shared.capacity {
+            return Err(TrySendError::Full(item));
+        }
+        state.items.push_back(item);
+        let wake = std::mem::take(&mut state.receiver_waiting);
+        drop(state);
+        if wake {
+            self.shared.item.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues `item`, waiting for room; fails only if the receiver is gone.
+    pub async fn send(&self, mut item: T) -> Result<(), SendError<T>> {
+        loop {
+            // Registered before looking, so room made in between is not missed.
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(back)) => return Err(SendError(back)),
+                Err(TrySendError::Full(back)) => item = back,
+            }
+            room.await;
+        }
+    }
+
+    /// [`Sender::send`], giving up after `timeout`.
+    pub async fn send_timeout(&self, item: T, timeout: Duration) -> Result<(), ()> {
+        match tokio::time::timeout(timeout, self.send(item)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.shared.lock();
+            state.senders -= 1;
+            state.senders == 0 && std::mem::take(&mut state.receiver_waiting)
+        };
+        if last {
+            self.shared.item.notify_one();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("capacity", &self.shared.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits until something is queued and swaps the whole queue, oldest first, with
+    /// `batch` (which must be empty): one lock per burst, and the two buffers take turns
+    /// instead of being allocated anew. Returns false, leaving `batch` empty, once every
+    /// sender is gone and the queue is empty.
+    pub async fn recv_all(&mut self, batch: &mut VecDeque<T>) -> bool {
+        debug_assert!(batch.is_empty());
+        loop {
+            {
+                let mut state = self.shared.lock();
+                if !state.items.is_empty() {
+                    let was_full = state.items.len() >= self.shared.capacity;
+                    std::mem::swap(&mut state.items, batch);
+                    drop(state);
+                    if was_full {
+                        self.shared.room.notify_waiters();
+                    }
+                    return true;
+                }
+                if state.senders == 0 {
+                    return false;
+                }
+                state.receiver_waiting = true;
+            }
+            // A push after the lock was released leaves a permit, so it is not missed.
+            self.shared.item.notified().await;
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.shared.lock();
+            state.receiver_alive = false;
+            std::mem::take(&mut state.items)
+        };
+        // Dropped outside the lock: items may own senders of this very queue.
+        drop(items);
+        self.shared.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn recv(rx: &mut Receiver<i32>) -> Option<Vec<i32>> {
+        let mut batch = VecDeque::new();
+        rx.recv_all(&mut batch)
+            .await
+            .then(|| batch.into_iter().collect())
+    }
+
+    #[tokio::test]
+    async fn items_arrive_in_order_and_the_end_is_reported_after_the_last_one() {
+        let (tx, mut rx) = channel(4);
+        let other = tx.clone();
+        tx.try_send(1).unwrap();
+        other.send(2).await.unwrap();
+        drop(tx);
+        drop(other);
+        assert_eq!(recv(&mut rx).await, Some(vec![1, 2]));
+        assert_eq!(recv(&mut rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_try_send_and_makes_send_wait_for_room() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(3).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(recv(&mut rx).await, Some(vec![1, 2]));
+        waiting.await.unwrap().unwrap();
+        assert_eq!(recv(&mut rx).await, Some(vec![3]));
+        assert!(tx.send_timeout(4, Duration::from_millis(10)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn senders_learn_that_the_receiver_is_gone_even_while_waiting() {
+        let (tx, rx) = channel(1);
+        tx.try_send(1).unwrap();
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(2).await }
+        });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert_eq!(waiting.await.unwrap(), Err(SendError(2)));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Closed(3)));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_waiting_on_an_empty_queue_wakes_for_a_push_from_another_task() {
+        let (tx, mut rx) = channel(8);
+        let receiving = tokio::spawn(async move { recv(&mut rx).await });
+        tokio::task::yield_now().await;
+        tokio::spawn(async move { tx.try_send(7).unwrap() });
+        assert_eq!(receiving.await.unwrap(), Some(vec![7]));
+    }
+}
