@@ -334,6 +334,15 @@ archive() {
   stop_ours
 }
 
+# The issue's "one gateway holds 10 000 connections": all idle clients on our first gateway.
+idle_one() {
+  step "our system: 10000 idle connections on one gateway"
+  start_ours
+  bench chat-idle-one-10000 idle --dialect chat --url "ws://127.0.0.1:${OUR_GATEWAYS[0]}" \
+    --connections 10000 --rooms 100 --pids "${GATEWAY_PIDS%%,*}" --label idle-one-10000
+  stop_ours
+}
+
 broker_alone() {
   step "the broker alone"
   bench broker-baseline baseline --rate 2000 --duration "$WINDOW" "${BROKER_ARGS[@]}" \
@@ -356,6 +365,7 @@ for system in chat socketio; do
   guarded rooms "$system" "$up" "$down"
   guarded idle "$system" "$up" "$down" 8000
   guarded idle "$system" "$up" "$down" 10000
+  if [[ $system == chat ]]; then guarded idle_one; fi
 done
 guarded broker_alone
 
@@ -441,6 +451,7 @@ fi)
 EOF
   "$BENCH" report --dir "$RESULTS"
   cat <<EOF
+$(if [[ -f bench/ANALYSIS.md ]]; then cat bench/ANALYSIS.md; echo; fi)
 ## The commands
 
 \`scripts/bench.sh$( ((QUICK)) && printf ' --quick')$( ((PRIVATE_BROKER)) && printf ' --private-broker')\` ran, in this order (pids and

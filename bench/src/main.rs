@@ -17,6 +17,7 @@ mod report;
 mod run;
 mod socketio;
 mod stats;
+mod targets;
 
 use clap::Parser;
 

@@ -146,6 +146,12 @@ const TABLES: &[Table] = &[
         note: "",
         rows: IDLE_ROWS,
     },
+    Table {
+        title: "Idle: 10000 connections on one gateway (ours only)",
+        scenario: "idle-one-10000",
+        note: "All clients on the first gateway; RSS is that gateway's.",
+        rows: IDLE_ROWS,
+    },
 ];
 
 fn load(dir: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
@@ -211,7 +217,7 @@ fn ratio(ours: Option<&Value>, peer: Option<&Value>, better: Better) -> String {
 /// The tables, as Markdown.
 pub fn render(dir: &Path) -> anyhow::Result<String> {
     let results = load(dir)?;
-    let mut md = String::new();
+    let mut md = crate::targets::render(&results);
     for table in TABLES {
         let ours = results.get(&format!("chat-{}", table.scenario));
         let peer = results.get(&format!("socketio-{}", table.scenario));
