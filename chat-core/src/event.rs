@@ -141,12 +141,12 @@ impl Event {
         }
         let limits = decode_limits();
         normalize::room(&self.room)?;
-        if normalize::name(&self.user, &limits)? != self.user {
+        if !normalize::is_normal_name(&self.user, &limits)? {
             return Err(DecodeError::NotNormalised);
         }
         match (self.kind, &self.text) {
             (EventKind::Message, Some(text)) => {
-                if normalize::text(text, &limits)? != *text {
+                if !normalize::is_normal_text(text, &limits)? {
                     return Err(DecodeError::NotNormalised);
                 }
             }

@@ -3,7 +3,7 @@
 //! consumer calls them again on every delivery, so a producer that skips validation cannot
 //! smuggle bad data to users.
 
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 /// Limits that operators may tune; rooms are fixed by the protocol (`[A-Za-z0-9_-]{1,64}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,14 @@ pub fn room(raw: &str) -> Result<&str, Invalid> {
 /// line-separator or bidirectional-override characters at all (they can forge other users'
 /// lines in a log or reorder what a reader sees).
 pub fn name(raw: &str, limits: &Limits) -> Result<String, Invalid> {
+    if plain_name(raw, limits) {
+        return Ok(raw.to_owned());
+    }
+    normalise_name(raw, limits)
+}
+
+/// [`name`] the long way, for every input.
+fn normalise_name(raw: &str, limits: &Limits) -> Result<String, Invalid> {
     let err = Invalid::Name {
         max: limits.max_name,
     };
@@ -77,6 +85,14 @@ pub fn name(raw: &str, limits: &Limits) -> Result<String, Invalid> {
 /// tabs become spaces, and every other control or bidi-override character is dropped. Text
 /// that is empty or only white space after that is refused.
 pub fn text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
+    if plain_text(raw, limits) {
+        return Ok(raw.to_owned());
+    }
+    normalise_text(raw, limits)
+}
+
+/// [`text`] the long way, for every input.
+fn normalise_text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
     let err = Invalid::Text {
         max: limits.max_text,
     };
@@ -100,6 +116,42 @@ pub fn text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
         return Err(err);
     }
     Ok(out)
+}
+
+/// Whether a name is exactly what [`name`] makes of it: the check every consumer runs on
+/// every delivery. Common names are told by looking (a quick NFC check and a scan), without
+/// building the normalised copy; anything else takes the full path. Errors as [`name`].
+pub fn is_normal_name(raw: &str, limits: &Limits) -> Result<bool, Invalid> {
+    if plain_name(raw, limits) {
+        return Ok(true);
+    }
+    Ok(normalise_name(raw, limits)? == raw)
+}
+
+/// Whether message text is exactly what [`text`] makes of it, told by looking when it can
+/// (see [`is_normal_name`]). Errors as [`text`].
+pub fn is_normal_text(raw: &str, limits: &Limits) -> Result<bool, Invalid> {
+    if plain_text(raw, limits) {
+        return Ok(true);
+    }
+    Ok(normalise_text(raw, limits)? == raw)
+}
+
+/// A valid name that normalising leaves as it is, told without normalising.
+fn plain_name(raw: &str, limits: &Limits) -> bool {
+    is_nfc_quick(raw.chars()) == IsNormalized::Yes
+        && !raw.is_empty()
+        && raw.trim() == raw
+        && !raw.chars().any(is_forbidden_in_name)
+        && raw.chars().count() <= limits.max_name
+}
+
+/// Valid text that normalising leaves as it is, told without normalising.
+fn plain_text(raw: &str, limits: &Limits) -> bool {
+    is_nfc_quick(raw.chars()) == IsNormalized::Yes
+        && !raw.trim().is_empty()
+        && !raw.chars().any(|c| c != '\n' && is_forbidden_in_name(c))
+        && raw.chars().count() <= limits.max_text
 }
 
 /// Control characters, Unicode line/paragraph separators and bidirectional controls.
@@ -139,6 +191,21 @@ mod tests {
         assert!(name("   ", &l).is_err());
         assert!(name(&"é".repeat(32), &l).is_ok());
         assert!(name(&"é".repeat(33), &l).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_quick_checks_agree_with_normalising_and_comparing(
+            raw in "(\\PC|[\\r\\n\\t \u{301}\u{202E}\u{2028}e])*",
+        ) {
+            let l = Limits { max_name: 8, max_text: 8, max_frame: 0 };
+            let full = normalise_text(&raw, &l);
+            proptest::prop_assert_eq!(&text(&raw, &l), &full);
+            proptest::prop_assert_eq!(is_normal_text(&raw, &l), full.map(|t| t == raw));
+            let full = normalise_name(&raw, &l);
+            proptest::prop_assert_eq!(&name(&raw, &l), &full);
+            proptest::prop_assert_eq!(is_normal_name(&raw, &l), full.map(|n| n == raw));
+        }
     }
 
     #[test]
