@@ -32,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::rooms::Rooms;
 
-/// Most deliveries acked together.
-const ACK_BATCH: usize = 256;
+/// Most deliveries handed to clients before the consumer looks at its other duties.
+const DELIVER_BATCH: usize = 256;
+/// Longest a delivery stays unacked when no more arrive.
+const ACK_DELAY: Duration = Duration::from_millis(25);
 
 /// Pause before publishing again after a broker failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -355,42 +357,63 @@ async fn run_session(
     supervisor.up();
     tracing::info!(%queue, "gateway linked to the broker");
 
+    // Deliveries are acked together (multiple-ack) once a quarter of the prefetch window is
+    // unacked, or ACK_DELAY after the first unacked one: every ack is a hand-off to the
+    // AMQP client's I/O thread, and every gateway consumes every event. The queue is the
+    // gateway's own and dies with its connection, so a late ack risks nothing.
+    let ack_every = match prefetch {
+        0 => 256,
+        p => usize::from(p / 4).max(1),
+    };
+    let mut unacked: Option<Delivery> = None;
+    let mut unacked_count = 0;
+    let ack_timer = tokio::time::sleep(ACK_DELAY);
+    tokio::pin!(ack_timer);
     loop {
-        tokio::select! {
+        let due = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             delivery = events.next() => match delivery {
                 Some(first) => {
-                    // Everything already received is delivered, then acked with one
-                    // multiple-ack: an ack round trip per event would cap the gateway's
-                    // throughput, as every gateway consumes every event.
-                    let mut last = deliver(rooms, first.context("Delivery failed")?).await?;
-                    for _ in 1..ACK_BATCH {
-                        match events.next().now_or_never() {
-                            Some(Some(next)) => {
-                                if let Some(valid) = deliver(rooms, next.context("Delivery failed")?).await? {
-                                    last = Some(valid);
-                                }
-                            }
-                            Some(None) | None => break,
+                    let first_unacked = unacked.is_none();
+                    let mut delivered = 0;
+                    let mut next = Some(first);
+                    while let Some(delivery) = next.take() {
+                        if let Some(valid) = deliver(rooms, delivery.context("Delivery failed")?).await? {
+                            unacked = Some(valid);
+                            unacked_count += 1;
+                        }
+                        delivered += 1;
+                        if delivered < DELIVER_BATCH && unacked_count < ack_every {
+                            // Everything already received goes out before the next wait.
+                            next = events.next().now_or_never().flatten();
                         }
                     }
-                    if let Some(last) = last {
-                        let acked = last
-                            .ack(BasicAckOptions { multiple: true })
-                            .await
-                            .context("Failed to ack")?;
-                        if !acked {
-                            bail!("the channel was lost before deliveries could be acked");
-                        }
+                    if first_unacked && unacked.is_some() {
+                        ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
                     }
+                    unacked_count >= ack_every
                 }
                 None => bail!("the broker cancelled the gateway's consumer"),
             },
+            _ = &mut ack_timer, if unacked.is_some() => true,
             reply = replies.next() => match reply {
-                Some(reply) => answer(&pending, reply.context("Reply failed")?),
+                Some(reply) => {
+                    answer(&pending, reply.context("Reply failed")?);
+                    false
+                }
                 None => bail!("the broker cancelled the reply consumer"),
             },
+        };
+        if let Some(last) = due.then(|| unacked.take()).flatten() {
+            unacked_count = 0;
+            let acked = last
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .context("Failed to ack")?;
+            if !acked {
+                bail!("the channel was lost before deliveries could be acked");
+            }
         }
     }
 }
