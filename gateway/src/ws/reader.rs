@@ -142,14 +142,20 @@ fn message(opcode: u8, body: Bytes) -> Result<Incoming, FrameError> {
         .map_err(|_| FrameError::BadUtf8)
 }
 
-/// The status code of a close frame: none, or two bytes and a UTF-8 reason.
+/// The status code of a close frame: none, or two bytes and a UTF-8 reason. Codes that
+/// may not be sent (RFC 6455 section 7.4: below 1000, the reserved 1004-1006 and 1015, the
+/// unassigned 1016-2999) are a protocol error.
 fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
     match payload {
         [] => Ok(None),
         [_] => Err(FrameError::Protocol("close frame with a 1-byte payload")),
         [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(FrameError::Protocol("invalid close code"));
+            }
             std::str::from_utf8(reason).map_err(|_| FrameError::BadUtf8)?;
-            Ok(Some(u16::from_be_bytes([*hi, *lo])))
+            Ok(Some(code))
         }
     }
 }
@@ -229,6 +235,20 @@ mod tests {
             Some(Incoming::Close(Some(1001)))
         );
         assert_eq!(reader.next().await.unwrap(), None);
+    }
+
+    #[test]
+    fn close_codes_that_may_not_be_sent_are_a_protocol_error() {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let payload = code.to_be_bytes();
+            assert!(
+                matches!(close_code(&payload), Err(FrameError::Protocol(_))),
+                "{code}"
+            );
+        }
+        for code in [1000u16, 1001, 1008, 1012, 3000, 4008, 4999] {
+            assert_eq!(close_code(&code.to_be_bytes()), Ok(Some(code)));
+        }
     }
 
     #[tokio::test]
