@@ -1,8 +1,9 @@
-//! A client's send queue: a bounded single-consumer queue that allocates nothing while it
-//! is empty. tokio's mpsc channel allocates a block of 32 slots (and a cache-padded channel
+//! A client's send queue: a bounded single-consumer queue that allocates nothing until it
+//! is used. tokio's mpsc channel allocates a block of 32 slots (and a cache-padded channel
 //! header) for every queue up front, which for thousands of idle clients is most of what
 //! they cost; this queue is a `VecDeque` behind a mutex that is never held across an
-//! `.await`, and gives its memory back whenever the writer empties it.
+//! `.await`. The writer swaps the whole queue out per burst, so two small buffers take
+//! turns, and it drops one that a burst grew large (see `connection::write_loop`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
