@@ -23,7 +23,7 @@ use crate::{connection, ws, State};
 /// The longest message read at all: well above `MAX_FRAME`, so an oversized message gets a
 /// `too_large` error and the connection stays usable; only abuse beyond this cap is cut
 /// (close code 1009).
-pub fn max_message(max_frame: usize) -> usize {
+fn max_message(max_frame: usize) -> usize {
     max_frame.saturating_mul(4).max(64 * 1024)
 }
 
