@@ -21,8 +21,8 @@ use crate::ws::frame;
 pub type ConnId = u64;
 
 /// What a connection's writer receives. Kept to 24 bytes (rare variants boxed, events
-/// shared through one `Arc`): every client's queue allocates its slots in blocks of 32
-/// when it is created, idle or not.
+/// shared through one `Arc`): a client's queue (`outbox`) holds up to `CLIENT_QUEUE` of
+/// these, and its buffers stay allocated between bursts.
 #[derive(Debug)]
 pub enum Outbound {
     /// A JSON text frame to send as is (acks, errors, hello, left).
