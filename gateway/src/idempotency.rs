@@ -63,6 +63,8 @@ enum State {
 struct Remembered {
     fingerprint: u64,
     state: State,
+    /// The event came back from the exchange: it exists, whatever its publish's outcome.
+    seen: bool,
 }
 
 /// The ids this gateway has seen lately, oldest first.
@@ -144,6 +146,7 @@ impl Says {
                     Remembered {
                         fingerprint,
                         state: State::InFlight(sender),
+                        seen: false,
                     },
                 );
                 Claim::New
@@ -162,10 +165,13 @@ impl Says {
             return;
         };
         let state = std::mem::replace(&mut known.state, State::Confirmed);
+        let was_in_flight = matches!(state, State::InFlight(_));
         if let State::InFlight(sender) = state {
             sender.send_replace(Some(outcome));
         }
-        if outcome != Outcome::Confirmed {
+        // Forget an id whose publish failed, so a resend publishes it again; unless the
+        // event is known to exist (consumed here, or confirmed before).
+        if outcome != Outcome::Confirmed && was_in_flight && !known.seen {
             inner.ids.remove(&id);
         }
     }
@@ -177,13 +183,19 @@ impl Says {
         };
         let mut inner = self.lock();
         match inner.ids.entry(id) {
-            // In flight here: our own publish settles it. Otherwise known already.
-            Entry::Occupied(_) => {}
+            // In flight here: our own publish settles it, but it exists now whatever the
+            // confirm says. Otherwise known already.
+            Entry::Occupied(mut known) => {
+                if known.get().fingerprint == fingerprint {
+                    known.get_mut().seen = true;
+                }
+            }
             Entry::Vacant(_) => inner.remember(
                 id,
                 Remembered {
                     fingerprint,
                     state: State::Confirmed,
+                    seen: true,
                 },
             ),
         }
@@ -234,6 +246,16 @@ mod tests {
         assert!(matches!(says.claim(ID, fp), Claim::New));
         says.settle(ID, Outcome::NotPublished);
         assert!(matches!(says.claim(ID, fp), Claim::New));
+    }
+
+    #[test]
+    fn an_unconfirmed_publish_that_came_back_on_the_exchange_is_known_to_exist() {
+        let says = Says::default();
+        let fp = fingerprint("lobby", "alice", "hi");
+        assert!(matches!(says.claim(ID, fp), Claim::New));
+        says.observe(ID, fp); // delivered, but the confirm is lost
+        says.settle(ID, Outcome::Unknown);
+        assert!(matches!(says.claim(ID, fp), Claim::Confirmed));
     }
 
     #[test]
