@@ -7,7 +7,7 @@ import { Connection } from './connection.js';
 import {
   DEFAULT_LIMITS, charCount, checkName, checkRoom, normalizeText, outgoingText, textProblem,
 } from './normalize.js';
-import { FAILED, Outbox, QUEUED, REFUSED } from './pending.js';
+import { FAILED, Outbox, QUEUED, REFUSED, retryIsSafe } from './pending.js';
 import {
   MessageList, adoptEvent, buildMessage, buildSystem, parseTime, showBanner, showConfirmed,
   showFailed, showPending,
@@ -327,7 +327,7 @@ function showOutcome(e) {
     showFailed(node, {
       reason: e.error,
       // Every retry carries the message's id, so the server posts it at most once.
-      safe: true,
+      safe: retryIsSafe(e.code),
       refused: e.status === REFUSED,
       onRetry: e.status === FAILED ? () => retry(e.id) : null,
       onDiscard: () => discard(e.id),

@@ -10,7 +10,7 @@
 //   queued ──transmit──▶ sent ──ack / own event──▶ (confirmed: removed)
 //     ▲                   │ │
 //     └─ connection lost ─┘ ├─ unavailable, unconfirmed, other errors ──▶ failed ──retry──▶ queued
-//     └─ not_joined (rejoin)┘└─ conflict ──▶ refused (kept on screen until discarded)
+//     └─ not_joined (rejoin)┘└─ conflict, expired id ──▶ refused (on screen until discarded)
 //
 // `failed` after `unavailable` (not published) or `unconfirmed` (outcome unknown) is safe
 // to retry: same id, so at most one event. `refused` means the id belongs to another
@@ -26,6 +26,13 @@ export const REFUSED = 'refused';
 /** A `not_joined` answer is met by rejoining and sending again, this many times. */
 export const MAX_REJOINS = 2;
 
+/**
+ * The gateway accepts a client-made id only while its time is within 5 minutes of its own
+ * clock. Past this age an `invalid_field` answer means the id has expired: the message can
+ * no longer be sent under it, and a new id could post it twice if the first try got through.
+ */
+export const ID_MAX_AGE_MS = 4 * 60 * 1000;
+
 /** localStorage key of a room's outbox. */
 export function storageKey(room) {
   return `chat.pending.${room}`;
@@ -37,9 +44,10 @@ export function storageKey(room) {
  *   'failed'  not posted, or not known to be; a retry with the same id is safe
  *   'refused' the id is taken by a different message; retrying cannot help
  */
-export function classifyError(code, rejoins = 0) {
+export function classifyError(code, rejoins = 0, ageMs = 0) {
   if (code === 'not_joined' && rejoins < MAX_REJOINS) return 'rejoin';
   if (code === 'conflict') return 'refused';
+  if (code === 'invalid_field' && ageMs > ID_MAX_AGE_MS) return 'refused';
   return 'failed';
 }
 
@@ -52,6 +60,8 @@ export function explain(code, serverMessage) {
       return 'Not confirmed: the chat server got no confirmation in time; it may have been posted.';
     case 'conflict':
       return 'Refused: this message’s id is already used by a different message.';
+    case 'expired':
+      return 'Not sent in time: it can no longer be retried safely. If it is missing above, send it again.';
     default:
       return serverMessage || code;
   }
@@ -59,7 +69,7 @@ export function explain(code, serverMessage) {
 
 /** Whether a Retry of a message that failed with `code` is known to post it at most once. */
 export function retryIsSafe(code) {
-  return code !== 'conflict';
+  return code !== 'conflict' && code !== 'expired';
 }
 
 export class Outbox {
@@ -153,14 +163,14 @@ export class Outbox {
   errored(ref, code, message) {
     const e = this.byRef(ref);
     if (!e || e.status !== SENT) return undefined;
-    const outcome = classifyError(code, e.rejoins);
+    const outcome = classifyError(code, e.rejoins, this.now() - e.at);
     if (outcome === 'rejoin') {
       e.rejoins += 1;
       e.status = QUEUED;
     } else {
       e.status = outcome === 'refused' ? REFUSED : FAILED;
-      e.code = code;
-      e.error = explain(code, message);
+      e.code = code === 'invalid_field' && outcome === 'refused' ? 'expired' : code;
+      e.error = explain(e.code, message);
     }
     this.save();
     return { entry: e, outcome };

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  FAILED, Outbox, QUEUED, REFUSED, SENT, classifyError, explain, retryIsSafe, storageKey,
+  FAILED, ID_MAX_AGE_MS, Outbox, QUEUED, REFUSED, SENT, classifyError, explain, retryIsSafe,
+  storageKey,
 } from '../pending.js';
 import { UUIDV7_RE, uuidv7Time } from '../uuid.js';
 
@@ -46,10 +47,12 @@ test('errors are classified: retry safely, rejoin, or refused', () => {
     ['not_joined', 1, 'rejoin'],
     ['not_joined', 2, 'failed'],
     ['invalid_text', 0, 'failed'],
+    ['invalid_field', 0, 'failed'],
   ];
   for (const [code, rejoins, want] of cases) {
     assert.equal(classifyError(code, rejoins), want, `${code} after ${rejoins} rejoins`);
   }
+  assert.equal(classifyError('invalid_field', 0, ID_MAX_AGE_MS + 1), 'refused', 'an expired id');
   assert.ok(retryIsSafe('unavailable'));
   assert.ok(retryIsSafe('unconfirmed'));
   assert.ok(!retryIsSafe('conflict'));
@@ -181,4 +184,18 @@ test('garbage in storage is ignored, and a storage that throws does not break se
   const o = outbox(full);
   const e = o.add('still works');
   assert.equal(o.transmit(e).id, e.id);
+});
+
+test('a message restored too late for its id is refused as expired, not retried forever', () => {
+  const storage = new MemoryStorage();
+  outbox(storage).add('from long ago');
+  const late = T0 + ID_MAX_AGE_MS + 60000;
+  const o = new Outbox({ room: 'lobby', name: 'alice', storage, now: () => late });
+  const [e] = o.list();
+  const answer = o.errored(o.transmit(e).ref, 'invalid_field', 'id too old');
+  assert.equal(answer.outcome, 'refused');
+  assert.equal(e.code, 'expired');
+  assert.match(e.error, /can no longer be retried safely/);
+  assert.ok(!retryIsSafe(e.code));
+  assert.equal(storage.getItem(storageKey('lobby')), null, 'refused messages are not kept');
 });
