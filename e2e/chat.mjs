@@ -23,7 +23,9 @@
 // 4. reload: page I (ivy, on A) sends a message whose `say` is swallowed on its way out, so
 //    it stays pending; it must be in localStorage with a UUIDv7; after a reload and Join it
 //    is shown pending at once, sent again after the `joined` with the same id, acked under
-//    that id, and shown once on both pages and once in the archive (E2E_ARCHIVER_URL).
+//    that id, and shown once on both pages and once in the archive (E2E_ARCHIVER_URL). Then
+//    a message that reached the server while the page heard nothing back: after a reload
+//    the rejoin's history confirms it by id, and the page sends nothing again.
 // 5. alarm: RabbitMQ's memory alarm is raised (rabbitmqctl set_vm_memory_high_watermark
 //    0.000001; always lifted again with 0.4, also on a watchdog timeout or a signal). Both
 //    gateways' /readyz must answer 503; page E's (erin, on A) message must show as failed
@@ -843,6 +845,33 @@ async function reloadPhase(browser, pages) {
     `${mine.length} and ${theirs.length} copies, ${theirs[0]?.id}`);
   check((await storedOutbox(i, room)).length === 0, 'ivy: the confirmed message left the storage');
   await onceInArchive(room, text, id);
+
+  // Second case: the message reaches the server, but its ack and event never reach the page
+  // (everything the socket receives is hidden), so it is still pending at the reload. The
+  // rejoin's history holds its event under its id: the page shows that and sends nothing.
+  const text2 = `posted, but the page never heard ${tag}`;
+  await i.evaluate(() => { window.__e2eMuteUpTo = window.__e2eSockets.length; });
+  await say(i, text2);
+  await waitForText(j, text2, 'jack');
+  const pending2 = await find(i, text2);
+  check(pending2.length === 1 && pending2[0].pending, 'ivy: with no answer heard, it shows as pending',
+    JSON.stringify(pending2));
+  const id2 = (await storedOutbox(i, room))[0]?.id;
+  await step('page I reloads again', () => i.reload({ waitUntil: 'load', timeout: TIMEOUT }));
+  await i.waitForSelector('#status[data-state="connected"]', { timeout: TIMEOUT });
+  await i.click('#join-button');
+  await joined(i, 'ivy', room);
+  await i.waitForTimeout(500);
+  const after = await i.evaluate(() => window.__e2eSockets.at(-1).says);
+  check(after.length === 0, 'ivy after the reload: the history showed it posted, so nothing is sent again',
+    JSON.stringify(after));
+  const mine2 = await find(i, text2);
+  const theirs2 = await find(j, text2);
+  check(mine2.length === 1 && !mine2[0].pending && mine2[0].id === id2 && theirs2.length === 1
+    && theirs2[0].id === id2, `${JSON.stringify(text2)} shows once on each page, under its id`,
+  `${JSON.stringify(mine2)} / ${JSON.stringify(theirs2)} (want ${id2})`);
+  check((await storedOutbox(i, room)).length === 0, 'ivy: it left the storage');
+  await onceInArchive(room, text2, id2);
   noTrouble(ti.concat(tj));
 }
 
