@@ -861,6 +861,8 @@ async function reloadPhase(browser, pages) {
   await i.waitForSelector('#status[data-state="connected"]', { timeout: TIMEOUT });
   await i.click('#join-button');
   await joined(i, 'ivy', room);
+  await until(i, () => window.__e2eSockets.at(-1).frames.some((f) => f.type === 'joined'),
+    null, 'ivy: the rejoin is answered');
   await i.waitForTimeout(500);
   const after = await i.evaluate(() => window.__e2eSockets.at(-1).says);
   check(after.length === 0, 'ivy after the reload: the history showed it posted, so nothing is sent again',
