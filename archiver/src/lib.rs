@@ -27,6 +27,8 @@ pub use store::Store;
 pub struct Config {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub http: chat_core::http::HttpArgs,
     /// SQLite database of the archive. `serve` creates it, with its directory, if missing;
     /// the other commands need it to exist.
     #[arg(
@@ -59,6 +61,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topology = config.broker.topology()?;
+    config.http.validate()?;
+    chat_core::fdlimit::raise();
     // Installed before anything is recorded: counts made before the first scrape count.
     chat_core::metrics::handle();
     let store = Store::open(&config.database_url).await?;
@@ -95,11 +99,8 @@ pub async fn run(
         health.history.clone(),
         shutdown.clone(),
     ));
-    warp::serve(api::routes(store.clone(), health))
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned())
-        .run()
-        .await;
+    let routes = api::routes(store.clone(), health);
+    chat_core::http::serve_warp(listener, &config.http, routes, shutdown.clone()).await;
     let _ = archive.await;
     let _ = history.await;
     store.close().await;

@@ -6,7 +6,9 @@
 pub mod broker;
 pub mod dedupe;
 pub mod event;
+pub mod fdlimit;
 pub mod history;
+pub mod http;
 pub mod logline;
 pub mod metrics;
 pub mod normalize;

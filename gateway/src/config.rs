@@ -5,7 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_core::broker::BrokerArgs;
+use chat_core::http::HttpArgs;
 use chat_core::normalize::Limits;
+
+use crate::addresses::IpBlock;
+
+/// `MAX_CONNECTIONS` when it is not set and the open-file limit allows it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 
 /// Settings of one gateway process.
 #[derive(Debug, Clone, clap::Parser)]
@@ -50,9 +56,28 @@ pub struct Config {
     /// Burst of frames a client may send at once; as many refusals in a row disconnect it.
     #[arg(long, env = "RATE_BURST", default_value_t = 40)]
     pub rate_burst: u32,
-    /// Most websocket connections this gateway holds; more get HTTP 503.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
-    pub max_connections: usize,
+    /// Most websocket connections this gateway holds; more get HTTP 503. Default: 20 000,
+    /// or fewer when the open-file limit cannot hold that many; a value above what the
+    /// limit can hold is refused at start.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most websockets from one client address; more get HTTP 503. 0 (the default): no cap.
+    /// Behind a proxy, set `TRUSTED_PROXIES` too, or every client counts as the proxy.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` tells the client's address, comma-separated
+    /// addresses or CIDR blocks (e.g. `172.16.0.0/12,127.0.0.1`). Others' headers are ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpBlock>,
+    /// Milliseconds of silence from a client after which the gateway pings it.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+    /// Milliseconds after a ping within which the client must send something (any frame),
+    /// or it is closed (4009) and its leaves published.
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Origins allowed to open the websocket, comma-separated (e.g.
     /// `https://chat.example.com`). The gateway's own origin and localhost are always allowed;
     /// `*` allows any. Requests without an `Origin` header (non-browser clients) are allowed.
@@ -85,6 +110,11 @@ impl Config {
             "MAX_FRAME must be at least 256 bytes"
         );
         anyhow::ensure!(self.client_queue >= 16, "CLIENT_QUEUE must be at least 16");
+        anyhow::ensure!(
+            self.ping_interval_ms >= 10 && self.ping_timeout_ms >= 10,
+            "PING_INTERVAL_MS and PING_TIMEOUT_MS must be at least 10"
+        );
+        self.http.validate()?;
         anyhow::ensure!(
             self.history_limit <= chat_core::history::MAX_HISTORY,
             "HISTORY_LIMIT must be at most {}",
@@ -128,6 +158,52 @@ impl Config {
 
     pub(crate) fn history_timeout(&self) -> Duration {
         Duration::from_millis(self.history_timeout_ms)
+    }
+
+    /// The websocket cap for an open-file limit: the configured one if it fits (else an
+    /// error naming both), or the default lowered to what fits.
+    pub fn max_connections(&self, files: chat_core::fdlimit::FileLimit) -> anyhow::Result<usize> {
+        let fits = files.connections(self.http.max_handshakes);
+        match self.max_connections {
+            Some(max) => {
+                anyhow::ensure!(
+                    max as u64 <= fits,
+                    "MAX_CONNECTIONS={max} cannot be held: the open-file limit is {} (hard {}), \
+                     which leaves room for {fits} websockets beside MAX_HANDSHAKES={} and {} \
+                     other descriptors; raise the limit (ulimit -n, LimitNOFILE=, docker \
+                     --ulimit nofile=) or lower MAX_CONNECTIONS",
+                    files.soft,
+                    files.hard,
+                    self.http.max_handshakes,
+                    chat_core::fdlimit::RESERVED
+                );
+                Ok(max)
+            }
+            None => {
+                let max = DEFAULT_MAX_CONNECTIONS.min(fits.try_into().unwrap_or(usize::MAX));
+                anyhow::ensure!(
+                    max > 0,
+                    "the open-file limit {} leaves no room for websockets; raise it",
+                    files.soft
+                );
+                if max < DEFAULT_MAX_CONNECTIONS {
+                    tracing::warn!(
+                        max_connections = max,
+                        open_files = files.soft,
+                        "MAX_CONNECTIONS lowered to what the open-file limit can hold"
+                    );
+                }
+                Ok(max)
+            }
+        }
+    }
+
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub(crate) fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
     }
 
     pub(crate) fn publish_timeout(&self) -> Duration {

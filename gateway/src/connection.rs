@@ -12,6 +12,7 @@ use chat_core::{Event, EventKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::liveness::Heartbeat;
 use crate::outbox;
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -25,6 +26,10 @@ const CLOSE_RESTART: u16 = 1012;
 const CLOSE_POLICY: u16 = 1008;
 /// Close code for a client whose queue overflowed; it may reconnect and resume.
 const CLOSE_SLOW: u16 = 4008;
+const REASON_SLOW: &str = "too slow: reconnect and resume with since";
+/// Close code for a client that answered no ping within `PING_TIMEOUT_MS`.
+const CLOSE_PING_TIMEOUT: u16 = 4009;
+const REASON_PING_TIMEOUT: &str = "ping timeout: reconnect and resume with since";
 /// How long the final close frame may take to be queued before the socket is just dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a kicked client's socket may take to accept the 4008 close frame.
@@ -37,9 +42,11 @@ const MAX_JOIN_BUFFER: usize = 10_000;
 pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>) {
     let (outbox, inbox) = outbox::channel(state.config.client_queue.max(16));
     let kick = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(writer, inbox, kick.clone()));
+    let conn = state.rooms.next_conn_id();
+    let heartbeat = state.liveness.add(conn, outbox.clone(), kick.clone());
+    let writer = tokio::spawn(write_loop(writer, inbox, kick.clone(), heartbeat.clone()));
     let mut client = Client {
-        conn: state.rooms.next_conn_id(),
+        conn,
         state: state.clone(),
         outbox,
         kick: kick.clone(),
@@ -62,9 +69,11 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
     let (code, reason) = loop {
         let incoming = tokio::select! {
             _ = state.shutdown.cancelled() => break (CLOSE_RESTART, "service restart"),
-            _ = kick.cancelled() => break (CLOSE_SLOW, "too slow: reconnect and resume with since"),
+            _ = kick.cancelled() => break kick_close(&heartbeat),
             incoming = reader.next() => incoming,
         };
+        // Any frame at all, pongs included, proves the client is there.
+        heartbeat.seen();
         let text = match incoming {
             Ok(Some(Incoming::Text(text))) => Some(text),
             Ok(Some(Incoming::Binary(_))) => None,
@@ -75,6 +84,7 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
                     .await;
                 continue;
             }
+            Ok(Some(Incoming::Pong)) => continue,
             Ok(Some(Incoming::Close(_)) | None) => break (1000, ""),
             Err(ReadError::Frame(err)) => {
                 tracing::debug!(error = %err, "closing a websocket that broke the protocol");
@@ -126,9 +136,21 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
         }
     };
 
+    state.liveness.remove(conn);
+    drop(heartbeat);
     // Boxed: the closing steps are allocated only when they run, instead of enlarging
     // every idle connection's task by their size.
     Box::pin(finish(client, reader, writer, code, reason)).await;
+}
+
+/// The close code and reason for a kicked connection: it did not answer a ping, or it
+/// could not keep up.
+fn kick_close(heartbeat: &Heartbeat) -> (u16, &'static str) {
+    if heartbeat.timed_out() {
+        (CLOSE_PING_TIMEOUT, REASON_PING_TIMEOUT)
+    } else {
+        (CLOSE_SLOW, REASON_SLOW)
+    }
 }
 
 /// Ends a connection: leaves its rooms, queues the close frame behind everything already
@@ -209,6 +231,12 @@ impl Client {
             } => self.join(room, name, since, r#ref).await,
             Command::Say { room, text, r#ref } => self.say(&room, text, r#ref).await,
             Command::Leave { room, r#ref } => self.leave(&room, r#ref).await,
+            Command::Ping { r#ref } => {
+                self.send(ServerFrame::Pong {
+                    r#ref: r#ref.as_deref(),
+                })
+                .await
+            }
         }
     }
 
@@ -447,6 +475,7 @@ async fn write_loop(
     mut writer: ws::Writer,
     mut inbox: outbox::Receiver<Outbound>,
     kick: CancellationToken,
+    heartbeat: Arc<Heartbeat>,
 ) {
     let mut rooms: HashMap<Arc<str>, RoomView> = HashMap::new();
     let mut close = None;
@@ -486,13 +515,10 @@ async fn write_loop(
         }
     };
     let (code, reason, grace) = if kicked {
-        // Too slow (or its close could not be queued): say so if the socket still takes a
-        // frame, but do not wait for a client that does not read.
-        (
-            CLOSE_SLOW,
-            "too slow: reconnect and resume with since",
-            KICK_GRACE,
-        )
+        // Too slow, silent past its ping, or its close could not be queued: say so if the
+        // socket still takes a frame, but do not wait for a client that does not read.
+        let (code, reason) = kick_close(&heartbeat);
+        (code, reason, KICK_GRACE)
     } else {
         let (code, reason) = close.unwrap_or((1000, ""));
         (code, reason, CLOSE_GRACE)

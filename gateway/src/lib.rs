@@ -5,9 +5,11 @@
 //! gateways talk to each other through the exchange.
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod config;
 mod connection;
 mod link;
+mod liveness;
 pub mod origin;
 pub mod outbox;
 pub mod protocol;
@@ -43,6 +45,12 @@ pub(crate) struct State {
     connections: TaskTracker,
     /// Background publishes (leave notices) that must finish before the link closes.
     background: TaskTracker,
+    /// Most websockets at once: `MAX_CONNECTIONS`, or what the open-file limit holds.
+    max_connections: usize,
+    /// Open websockets per client address, for `MAX_CONNECTIONS_PER_IP`.
+    per_address: Arc<addresses::PerAddress>,
+    /// Pings silent clients and closes those that vanished.
+    liveness: Arc<liveness::Liveness>,
 }
 
 /// Serves on `listener` until `shutdown` is cancelled. Then it stops accepting, closes
@@ -54,6 +62,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let max_connections = config.max_connections(chat_core::fdlimit::raise())?;
     // Installed before anything is recorded: counts made before the first scrape count.
     chat_core::metrics::handle();
     let topology = config.broker.topology()?;
@@ -67,6 +76,9 @@ pub async fn run(
         max_frame = config.max_frame,
         max_text = config.max_text,
         client_queue = config.client_queue,
+        max_connections,
+        ping_interval_ms = config.ping_interval_ms,
+        ping_timeout_ms = config.ping_timeout_ms,
         "gateway starting"
     );
     let rooms = Arc::new(rooms::Rooms::default());
@@ -83,6 +95,11 @@ pub async fn run(
         rooms.clone(),
         link_shutdown.clone(),
     ));
+    let liveness = Arc::new(liveness::Liveness::new(
+        config.ping_interval(),
+        config.ping_timeout(),
+    ));
+    let sweeper = tokio::spawn(liveness.clone().sweep(link_shutdown.clone()));
     let state = Arc::new(State {
         limits: config.limits(),
         origins: origin::OriginPolicy::new(&config.allowed_origins),
@@ -93,6 +110,9 @@ pub async fn run(
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         background: TaskTracker::new(),
+        max_connections,
+        per_address: Arc::default(),
+        liveness,
     });
     server::serve(listener, state.clone(), shutdown.clone()).await;
     state.connections.close();
@@ -102,6 +122,7 @@ pub async fn run(
     link_shutdown.cancel();
     let _ = link_task.await;
     let _ = repair.await;
+    let _ = sweeper.await;
     tracing::info!("gateway stopped");
     Ok(())
 }

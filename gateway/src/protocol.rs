@@ -30,6 +30,9 @@ pub enum Command {
     },
     /// Leave a joined room.
     Leave { room: String, r#ref: Option<String> },
+    /// An application-level heartbeat: browsers cannot see websocket pings, so a page
+    /// checks its connection with this and gets `pong`.
+    Ping { r#ref: Option<String> },
 }
 
 /// A refused client frame: what to put in the `error` frame.
@@ -100,9 +103,10 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
             room: fields.room()?,
             r#ref,
         }),
+        "ping" => Ok(Command::Ping { r#ref }),
         other => Err(fields.reject(
             "unknown_type",
-            format!("unknown type {other:?}; expected join, say or leave"),
+            format!("unknown type {other:?}; expected join, say, leave or ping"),
         )),
     }
 }
@@ -179,6 +183,11 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
         id: &'a str,
+    },
+    /// Answer to `ping`.
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
     },
     /// Answer to `leave`.
     Left {
@@ -361,6 +370,7 @@ mod tests {
                     );
                 }
                 Ok(Command::Leave { room, .. }) => assert!(normalize::room(&room).is_ok()),
+                Ok(Command::Ping { .. }) => {}
             }
         }
 

@@ -6,8 +6,10 @@
 //! the probes stay on warp (see `server.rs`).
 //!
 //! Before upgrading, the request must be a well-formed websocket handshake, come from an
-//! allowed `Origin`, and find the gateway under its connection limit.
+//! allowed `Origin`, and find the gateway under its connection limit and its client's
+//! address under `MAX_CONNECTIONS_PER_IP` (see `addresses.rs`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -18,7 +20,7 @@ use tokio::net::TcpStream;
 use warp::reply::Response;
 
 use crate::routes::json_error;
-use crate::{connection, ws, State};
+use crate::{addresses, connection, ws, State};
 
 /// The longest message read at all: well above `MAX_FRAME`, so an oversized message gets a
 /// `too_large` error and the connection stays usable; only abuse beyond this cap is cut
@@ -29,7 +31,7 @@ fn max_message(max_frame: usize) -> usize {
 
 /// Answers a request for `/ws`: 101 and a websocket served by [`connection::serve`], or a
 /// JSON error saying why not.
-pub fn handle(mut request: Request<Incoming>, state: Arc<State>) -> Response {
+pub fn handle(mut request: Request<Incoming>, state: Arc<State>, peer: IpAddr) -> Response {
     let headers = request.headers();
     let Some(key) = handshake_key(request.method(), headers) else {
         return json_error(
@@ -48,19 +50,41 @@ pub fn handle(mut request: Request<Incoming>, state: Arc<State>) -> Response {
             "this origin may not open the chat; see ALLOWED_ORIGINS",
         );
     }
-    if state.connections.len() >= state.config.max_connections {
+    if state.connections.len() >= state.max_connections {
+        metrics::counter!("chat_connections_refused_total", "reason" => "full").increment(1);
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "this gateway is full; try another",
         );
     }
+    let per_address = match state.config.max_connections_per_ip {
+        0 => None,
+        max => {
+            let client = addresses::client_ip(peer, headers, &state.config.trusted_proxies);
+            match state.per_address.try_enter(client, max) {
+                Some(guard) => Some(guard),
+                None => {
+                    metrics::counter!("chat_connections_refused_total", "reason" => "per_address")
+                        .increment(1);
+                    tracing::info!(%client, max, "refused a websocket over the per-address cap");
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too_many_connections_from_address",
+                        "too many connections from your address; close some and try again",
+                    );
+                }
+            }
+        }
+    };
     let accept = ws::accept_key(key.as_bytes());
     let pending = hyper::upgrade::on(&mut request);
     let max_message = max_message(state.config.max_frame);
     // Tracked from now on, so the connection limit counts handshakes in progress too.
     let tracker = state.connections.clone();
     tracker.spawn(async move {
+        // Counted against the client's address for as long as the websocket lives.
+        let _per_address = per_address;
         match pending.await {
             // The server serves plain TCP streams, so the upgraded connection is one.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {

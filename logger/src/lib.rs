@@ -29,6 +29,8 @@ pub use sink::LogFile;
 pub struct Config {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub http: chat_core::http::HttpArgs,
     /// The chat log file; its directory is created if missing.
     #[arg(long, env = "LOG_FILE", default_value = "data/chat.log", global = true)]
     pub log_file: PathBuf,
@@ -60,6 +62,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topology = config.broker.topology()?;
+    config.http.validate()?;
+    chat_core::fdlimit::raise();
     // Installed before anything is recorded: counts made before the first scrape count.
     chat_core::metrics::handle();
     let sink = LogFile::open(&config.log_file, config.stdout, reopen)
@@ -100,11 +104,7 @@ pub async fn run(
             warp::http::StatusCode::NOT_FOUND,
         ))
     });
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned())
-        .run()
-        .await;
+    chat_core::http::serve_warp(listener, &config.http, routes, shutdown.clone()).await;
     let _ = subscriber.await;
     tracing::info!("logger stopped");
     Ok(())

@@ -20,6 +20,8 @@ pub enum Incoming {
     Binary(Bytes),
     /// Answer with a pong carrying the same payload.
     Ping(Bytes),
+    /// The answer to one of our pings (or an unsolicited heartbeat): proof of life.
+    Pong,
     /// The client started the closing handshake (its code, if it gave one).
     Close(Option<u16>),
 }
@@ -58,7 +60,7 @@ impl Reader {
     }
 
     /// The next message; `Ok(None)` when the client closed the connection without a close
-    /// frame. Pongs are skipped. Cancel-safe: bytes read stay buffered in `self`.
+    /// frame. Cancel-safe: bytes read stay buffered in `self`.
     pub async fn next(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
             if let Some(message) = self.take_message()? {
@@ -102,7 +104,7 @@ impl Reader {
     fn assemble(&mut self, frame: frame::Frame) -> Result<Option<Incoming>, FrameError> {
         match frame.opcode {
             opcode::PING => Ok(Some(Incoming::Ping(frame.payload))),
-            opcode::PONG => Ok(None),
+            opcode::PONG => Ok(Some(Incoming::Pong)),
             opcode::CLOSE => close_code(&frame.payload).map(|code| Some(Incoming::Close(code))),
             opcode::CONTINUATION => {
                 let Some((_, body)) = self.fragments.as_mut() else {
@@ -194,6 +196,7 @@ mod tests {
         }
         let ping = reader.next().await.unwrap();
         assert_eq!(ping, Some(Incoming::Ping(Bytes::from_static(b"p"))));
+        assert_eq!(reader.next().await.unwrap(), Some(Incoming::Pong));
         let text = reader.next().await.unwrap();
         assert_eq!(text, Some(Incoming::Text("héllo, world".into())));
     }

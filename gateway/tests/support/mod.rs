@@ -35,6 +35,17 @@ impl Service {
         self.addr.expect("this service has no HTTP address")
     }
 
+    /// A service running elsewhere (a child process) at `addr`, once its `/healthz` is 200;
+    /// for the helpers that take a [`Service`]. Stop the process itself, not this.
+    pub async fn external(addr: SocketAddr) -> Self {
+        wait_healthy(addr).await;
+        Self {
+            addr: Some(addr),
+            shutdown: CancellationToken::new(),
+            task: tokio::spawn(async { Ok(()) }),
+        }
+    }
+
     /// Stops the service the way SIGTERM does and waits until it has exited.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -85,10 +96,15 @@ pub async fn start_gateway(prefix: &str, extra: &[&str]) -> Service {
 
 /// Starts an archiver on `db` and waits until it consumes.
 pub async fn start_archiver(prefix: &str, db: &Path) -> Service {
+    start_archiver_with(prefix, db, &[]).await
+}
+
+/// Starts an archiver on `db` with extra arguments and waits until it consumes.
+pub async fn start_archiver_with(prefix: &str, db: &Path, extra: &[&str]) -> Service {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = amqp_url();
     let database_url = format!("sqlite://{}", db.display());
-    let cli = archiver::cli::Cli::try_parse_from([
+    let mut args = vec![
         "archiver",
         "--prefix",
         prefix,
@@ -96,8 +112,9 @@ pub async fn start_archiver(prefix: &str, db: &Path) -> Service {
         &url,
         "--database-url",
         &database_url,
-    ])
-    .unwrap();
+    ];
+    args.extend_from_slice(extra);
+    let cli = archiver::cli::Cli::try_parse_from(args).unwrap();
     launch(listener, |listener, shutdown| {
         archiver::run(listener, cli.config, shutdown)
     })
@@ -250,6 +267,15 @@ impl Client {
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Err(1006),
             }
+        }
+    }
+
+    /// The raw TCP stream, for a test that reads the gateway's bytes itself (a client that
+    /// must not answer pings, which tungstenite does on every read).
+    pub fn into_stream(self) -> TcpStream {
+        match self.ws.into_inner() {
+            MaybeTlsStream::Plain(stream) => stream,
+            _ => unreachable!("tests connect without TLS"),
         }
     }
 
