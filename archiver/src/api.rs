@@ -147,8 +147,14 @@ fn probes(
                 database: store.ping().await,
                 broker: health.subscriber.is_ready(),
                 history: health.history.is_ready(),
+                blocked: health
+                    .history
+                    .blocked
+                    .reason()
+                    .or_else(|| health.subscriber.blocked.reason()),
             };
-            let ok = body.database && body.broker && body.history;
+            // While the broker blocks our publishes, history replies cannot be sent.
+            let ok = body.database && body.broker && body.history && body.blocked.is_none();
             (ok, serde_json::to_value(&body).unwrap_or_default())
         })
     });
@@ -252,6 +258,8 @@ struct HealthBody {
     database: bool,
     broker: bool,
     history: bool,
+    /// The broker's reason while it blocks our publishes (a resource alarm), else null.
+    blocked: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -34,7 +34,8 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
-    let mut supervisor = Supervisor::new(&amqp_url, "archiver-history", shutdown.clone());
+    let mut supervisor = Supervisor::new(&amqp_url, "archiver-history", shutdown.clone())
+        .report_blocked(readiness.blocked.clone());
     while let Some(connection) = supervisor.connect().await {
         let outcome = serve(
             &connection,

@@ -2,6 +2,7 @@
 //! a connection named after the service (visible in the management UI), retry with capped
 //! exponential backoff, and URLs with the password masked before they reach a log line.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -87,6 +88,89 @@ pub struct Supervisor {
     service: String,
     shutdown: CancellationToken,
     backoff: Backoff,
+    /// Where to report the broker blocking this connection's publishes, if anywhere.
+    blocked: Option<Arc<Blocked>>,
+    /// Follows the current connection's blocked/unblocked notices.
+    tracker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Whether the broker is blocking a connection's publishes: RabbitMQ does so while a
+/// memory or disk alarm is raised (`connection.blocked`), and says why. Publishes then
+/// wait without an answer until `connection.unblocked`, so a service that knows can refuse
+/// new work at once and tell its load balancer (`/readyz` 503) instead of timing out.
+#[derive(Debug, Default)]
+pub struct Blocked(std::sync::Mutex<Option<String>>);
+
+impl Blocked {
+    /// The broker's reason while blocked, `None` otherwise.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    fn set(&self, reason: Option<String>, service: &str) {
+        let gauge = if reason.is_some() { 1.0 } else { 0.0 };
+        metrics::gauge!("chat_broker_blocked", "service" => service.to_owned()).set(gauge);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+}
+
+/// How often an idle connection that reports blocking sends its probe.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Where the probe goes: the default exchange with a queue name nobody declares, so the
+/// broker drops it.
+const PROBE_ROUTING_KEY: &str = "chat.blocked-probe.unroutable";
+
+/// Follows `connection`'s blocked/unblocked notices into `blocked` until aborted.
+///
+/// RabbitMQ blocks a connection (and says so) only when it publishes during an alarm; an
+/// idle one stays "blocking" and unaware. So this also publishes an empty, unroutable probe
+/// every second while not blocked: the alarm is then known within about a second, before
+/// any client's message runs into it.
+async fn track_blocked(
+    connection: &Connection,
+    blocked: Arc<Blocked>,
+    service: String,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt;
+    let mut events = connection.events_listener();
+    let probe = connection.create_channel().await.ok();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(PROBE_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(%service, %reason, "the broker is blocking publishes (resource alarm)");
+                        blocked.set(Some(reason), &service);
+                    }
+                    Some(lapin::Event::ConnectionUnblocked) => {
+                        tracing::info!(%service, "the broker accepts publishes again");
+                        blocked.set(None, &service);
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = ticks.tick(), if probe.is_some() => {
+                    if let (Some(probe), false) = (&probe, blocked.is_blocked()) {
+                        let _ = probe
+                            .basic_publish(
+                                "".into(),
+                                PROBE_ROUTING_KEY.into(),
+                                lapin::options::BasicPublishOptions::default(),
+                                b"",
+                                BasicProperties::default(),
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+    })
 }
 
 impl Supervisor {
@@ -97,16 +181,31 @@ impl Supervisor {
             service: service.to_owned(),
             shutdown,
             backoff: Backoff::default(),
+            blocked: None,
+            tracker: None,
         }
+    }
+
+    /// Reports the broker blocking this service's connections into `blocked` (and the
+    /// `chat_broker_blocked` gauge), probing once a second so an alarm is known at once.
+    /// Only for connections that publish anyway: a blocked connection is not read by the
+    /// broker, so a pure consumer that probed would stop acking and stall its queue.
+    pub fn report_blocked(mut self, blocked: Arc<Blocked>) -> Self {
+        self.blocked = Some(blocked);
+        self
     }
 
     /// The next connection, after backoff if the last one failed; `None` on shutdown.
     pub async fn connect(&mut self) -> Option<Connection> {
         let connection =
             connect_with_retry(&self.url, &self.service, &mut self.backoff, &self.shutdown).await;
-        if connection.is_some() {
+        if let Some(connection) = &connection {
             metrics::counter!("chat_broker_connects_total", "service" => self.service.clone())
                 .increment(1);
+            if let Some(blocked) = &self.blocked {
+                self.tracker =
+                    Some(track_blocked(connection, blocked.clone(), self.service.clone()).await);
+            }
         }
         connection
     }
@@ -121,6 +220,13 @@ impl Supervisor {
     /// Closes the connection after a session; returns whether to start another one.
     pub async fn ended(&mut self, connection: Connection, outcome: anyhow::Result<()>) -> bool {
         metrics::gauge!("chat_broker_connected", "service" => self.service.clone()).set(0.0);
+        if let Some(tracker) = self.tracker.take() {
+            tracker.abort();
+        }
+        if let Some(blocked) = &self.blocked {
+            // A new connection starts unblocked; the broker blocks it again if need be.
+            blocked.set(None, &self.service);
+        }
         let _ = connection.close(200, "closing".into()).await;
         match outcome {
             Ok(()) => false,

@@ -55,17 +55,22 @@ pub struct SubscriberConfig {
 
 /// Whether the subscriber is connected and consuming, for `/healthz`-style probes.
 #[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    running: AtomicBool,
+    /// Whether the broker blocks this service's publishes (a resource alarm), for services
+    /// that publish on the connection this readiness describes (the archiver's history).
+    pub blocked: Arc<crate::broker::Blocked>,
+}
 
 impl Readiness {
     /// True while the queue is declared and the consumer is running.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.running.load(Ordering::Relaxed)
     }
 
     /// Records whether the consumer is running.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.running.store(ready, Ordering::Relaxed);
     }
 }
 
@@ -77,6 +82,8 @@ pub async fn run<S: EventSink>(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
+    // Not `report_blocked`: a subscriber never publishes, so the broker never blocks it
+    // during an alarm, and it should keep draining its queue (which frees broker memory).
     let mut supervisor = Supervisor::new(&config.amqp_url, &config.name, shutdown.clone());
     while let Some(connection) = supervisor.connect().await {
         let outcome = consume(

@@ -12,6 +12,8 @@ use chat_core::{Event, EventKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::idempotency::{self, Claim, Outcome};
+use crate::link::PublishError;
 use crate::liveness::Heartbeat;
 use crate::outbox;
 use crate::protocol::{self, Command, LimitsView, Rejection, ServerFrame};
@@ -229,7 +231,12 @@ impl Client {
                 since,
                 r#ref,
             } => self.join(room, name, since, r#ref).await,
-            Command::Say { room, text, r#ref } => self.say(&room, text, r#ref).await,
+            Command::Say {
+                room,
+                text,
+                id,
+                r#ref,
+            } => self.say(&room, text, id, r#ref).await,
             Command::Leave { room, r#ref } => self.leave(&room, r#ref).await,
             Command::Ping { r#ref } => {
                 self.send(ServerFrame::Pong {
@@ -331,7 +338,7 @@ impl Client {
         });
     }
 
-    async fn say(&mut self, room: &str, text: String, r#ref: Option<String>) {
+    async fn say(&mut self, room: &str, text: String, id: Option<String>, r#ref: Option<String>) {
         let Some(name) = self.joined.get(room) else {
             return self
                 .reject(Rejection::new(
@@ -341,35 +348,81 @@ impl Client {
                 ))
                 .await;
         };
-        let event = Event::new(
+        let mut event = Event::new(
             EventKind::Message,
             room,
             name,
             Some(text),
             &self.state.gateway_id,
         );
+        let says = &self.state.says;
+        if let Some(id) = id {
+            // A client-made id: a resend of it must not post the message twice.
+            event.id = id;
+            let text = event.text.as_deref().unwrap_or_default();
+            let fingerprint = idempotency::fingerprint(room, name, text);
+            match says.claim(&event.id, fingerprint) {
+                Claim::New => {}
+                Claim::Confirmed => {
+                    metrics::counter!("chat_resends_total", "outcome" => "acked_again")
+                        .increment(1);
+                    return self
+                        .send(ServerFrame::Ack {
+                            r#ref: r#ref.as_deref(),
+                            id: &event.id,
+                        })
+                        .await;
+                }
+                Claim::Conflict => {
+                    metrics::counter!("chat_resends_total", "outcome" => "conflict").increment(1);
+                    return self
+                        .reject(Rejection::new(
+                            r#ref,
+                            "conflict",
+                            "this id belongs to another message; make a new id for a new message",
+                        ))
+                        .await;
+                }
+                Claim::InFlight(mut outcome) => {
+                    // The first copy is being published here: answer as it is answered.
+                    metrics::counter!("chat_resends_total", "outcome" => "joined_in_flight")
+                        .increment(1);
+                    let outbox = self.outbox.clone();
+                    self.confirms.spawn(async move {
+                        let settled = outcome
+                            .wait_for(Option::is_some)
+                            .await
+                            .ok()
+                            .and_then(|o| *o);
+                        let frame = outcome_frame(
+                            settled.unwrap_or(Outcome::Unknown),
+                            r#ref.as_deref(),
+                            &event.id,
+                            None,
+                        );
+                        let _ = outbox.send(Outbound::Frame(frame.into())).await;
+                    });
+                    return;
+                }
+            }
+        }
         let payload = event.to_json();
         // Publishing here, in the reader, keeps one client's messages in order; the confirm
         // is awaited beside it so the client can have many messages in flight.
         let first = self.state.link.publish(&event, payload.as_bytes()).await;
         let link = self.state.link.clone();
         let outbox = self.outbox.clone();
+        let state = self.state.clone();
         self.confirms.spawn(async move {
-            let frame = match link.confirm(first, &event, payload.as_bytes()).await {
-                Ok(()) => ServerFrame::Ack {
-                    r#ref: r#ref.as_deref(),
-                    id: &event.id,
-                }
-                .encode(),
+            let (outcome, error) = match link.confirm(first, &event, payload.as_bytes()).await {
+                Ok(()) => (Outcome::Confirmed, None),
                 Err(err) => {
                     tracing::warn!(error = %err, id = %event.id, "publish not confirmed");
-                    error_frame_text(
-                        r#ref.as_deref(),
-                        "unavailable",
-                        "the broker did not confirm the message; send it again",
-                    )
+                    (err.outcome(), Some(err))
                 }
             };
+            state.says.settle(&event.id, outcome);
+            let frame = outcome_frame(outcome, r#ref.as_deref(), &event.id, error.as_ref());
             let _ = outbox.send(Outbound::Frame(frame.into())).await;
         });
     }
@@ -438,6 +491,36 @@ impl Client {
                 .into(),
             ))
             .await;
+    }
+}
+
+/// The answer to a `say` whose publish ended with `outcome`.
+fn outcome_frame(
+    outcome: Outcome,
+    r#ref: Option<&str>,
+    id: &str,
+    error: Option<&PublishError>,
+) -> String {
+    match outcome {
+        Outcome::Confirmed => ServerFrame::Ack { r#ref, id }.encode(),
+        Outcome::NotPublished => error_frame_text(
+            r#ref,
+            "unavailable",
+            &match error {
+                Some(PublishError::Blocked(reason)) => format!(
+                    "the broker is refusing messages for now ({reason}); it was not posted: \
+                     send it again with the same id shortly"
+                ),
+                _ => "the broker is unavailable; it was not posted: send it again with the same id"
+                    .to_owned(),
+            },
+        ),
+        Outcome::Unknown => error_frame_text(
+            r#ref,
+            "unconfirmed",
+            "the broker did not confirm the message, so it may or may not be posted: send it \
+             again with the same id (it will not be posted twice)",
+        ),
     }
 }
 

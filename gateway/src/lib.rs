@@ -8,6 +8,7 @@
 pub mod addresses;
 pub mod config;
 mod connection;
+pub mod idempotency;
 mod link;
 mod liveness;
 pub mod origin;
@@ -51,6 +52,8 @@ pub(crate) struct State {
     per_address: Arc<addresses::PerAddress>,
     /// Pings silent clients and closes those that vanished.
     liveness: Arc<liveness::Liveness>,
+    /// Recent message ids and their outcomes, so a resend is never posted twice.
+    says: Arc<idempotency::Says>,
 }
 
 /// Serves on `listener` until `shutdown` is cancelled. Then it stops accepting, closes
@@ -82,11 +85,13 @@ pub async fn run(
         "gateway starting"
     );
     let rooms = Arc::new(rooms::Rooms::default());
+    let says = Arc::new(idempotency::Says::default());
     let link_shutdown = CancellationToken::new();
     let (link, link_task) = link::start(
         &config,
         topology,
         rooms.clone(),
+        says.clone(),
         gateway_id.clone(),
         link_shutdown.clone(),
     );
@@ -113,6 +118,7 @@ pub async fn run(
         max_connections,
         per_address: Arc::default(),
         liveness,
+        says,
     });
     server::serve(listener, state.clone(), shutdown.clone()).await;
     state.connections.close();

@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::{bail, Context};
-use chat_core::broker::{event_properties, Supervisor};
+use chat_core::broker::{event_properties, Blocked, Supervisor};
 use chat_core::history::{HistoryReply, HistoryRequest};
 use chat_core::topology::Topology;
-use chat_core::Event;
+use chat_core::{Event, EventKind};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::idempotency::{fingerprint, Outcome, Says};
 use crate::rooms::Rooms;
 
 /// Most deliveries handed to clients before the consumer looks at its other duties.
@@ -43,17 +44,36 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// Why a publish was not confirmed. Either way the client gets `unavailable`, never an ack.
+/// Why a publish was not confirmed; never an ack. [`PublishError::outcome`] tells the
+/// client whether the broker may have it after all.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("the broker is not connected")]
     NotConnected,
+    #[error("the broker is blocking publishes ({0})")]
+    Blocked(String),
+    #[error("the broker connection was lost before the confirm")]
+    Lost,
     #[error("the broker refused the message: {0}")]
     Failed(#[from] lapin::Error),
     #[error("the broker did not confirm in time")]
     Timeout,
     #[error("the broker rejected the message")]
     Nacked,
+}
+
+impl PublishError {
+    /// Whether the broker may have the event: only a publish that never left the gateway
+    /// is surely not published.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            PublishError::NotConnected | PublishError::Blocked(_) => Outcome::NotPublished,
+            PublishError::Lost
+            | PublishError::Failed(_)
+            | PublishError::Timeout
+            | PublishError::Nacked => Outcome::Unknown,
+        }
+    }
 }
 
 /// Why history could not be fetched.
@@ -81,6 +101,8 @@ struct Session {
 pub struct Link {
     topology: Topology,
     session: watch::Receiver<Option<Arc<Session>>>,
+    /// Set while the broker blocks the link's publishes (a memory or disk alarm).
+    blocked: Arc<Blocked>,
     publish_timeout: Duration,
     history_timeout: Duration,
 }
@@ -111,6 +133,11 @@ impl Link {
         self.session.borrow().is_some()
     }
 
+    /// The broker's reason while it blocks our publishes.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.reason()
+    }
+
     fn current(&self) -> Option<Arc<Session>> {
         self.session.borrow().clone()
     }
@@ -124,6 +151,10 @@ impl Link {
         payload: &[u8],
     ) -> Result<PendingConfirm, PublishError> {
         let session = self.current().ok_or(PublishError::NotConnected)?;
+        if let Some(reason) = self.blocked.reason() {
+            // It would wait unanswered until the alarm clears: refuse now instead.
+            return Err(PublishError::Blocked(reason));
+        }
         let confirm = session
             .publisher
             .basic_publish(
@@ -171,14 +202,24 @@ impl Link {
         deadline: Instant,
     ) -> Result<(), PublishError> {
         let mut attempt = first;
+        // Whether any attempt reached the broker: then a failure leaves the outcome unknown.
+        let mut sent = false;
         loop {
             let outcome = match attempt {
-                Ok(pending) => pending.confirmed_by(deadline).await,
+                Ok(pending) => {
+                    sent = true;
+                    pending.confirmed_by(deadline).await
+                }
                 Err(err) => Err(err),
             };
             let err = match outcome {
                 Ok(()) => return Ok(()),
                 Err(err @ (PublishError::Nacked | PublishError::Timeout)) => return Err(err),
+                // Blocked: the alarm lasts longer than a client should wait.
+                Err(PublishError::Blocked(reason)) if !sent => {
+                    return Err(PublishError::Blocked(reason))
+                }
+                Err(_) if sent && Instant::now() >= deadline => return Err(PublishError::Lost),
                 Err(err) => err,
             };
             // Lost connection or channel: wait for the next session and try again. The
@@ -190,7 +231,7 @@ impl Link {
                 Ok(Ok(_))
             );
             if !back {
-                return Err(err);
+                return Err(if sent { PublishError::Lost } else { err });
             }
             tracing::debug!(id = %event.id, error = %err, "publishing again after a broker failure");
             attempt = self.publish(event, payload).await;
@@ -247,13 +288,16 @@ pub fn start(
     config: &Config,
     topology: Topology,
     rooms: Arc<Rooms>,
+    says: Arc<Says>,
     gateway_id: String,
     shutdown: CancellationToken,
 ) -> (Link, tokio::task::JoinHandle<()>) {
     let (state, session) = watch::channel(None);
+    let blocked = Arc::new(Blocked::default());
     let link = Link {
         topology: topology.clone(),
         session,
+        blocked: blocked.clone(),
         publish_timeout: config.publish_timeout(),
         history_timeout: config.history_timeout(),
     };
@@ -261,12 +305,14 @@ pub fn start(
     let prefetch = config.prefetch;
     let task = tokio::spawn(async move {
         let service = format!("gateway {gateway_id}");
-        let mut supervisor = Supervisor::new(&amqp_url, &service, shutdown.clone());
+        let mut supervisor =
+            Supervisor::new(&amqp_url, &service, shutdown.clone()).report_blocked(blocked);
         while let Some(connection) = supervisor.connect().await {
             let outcome = run_session(
                 &connection,
                 &topology,
                 &rooms,
+                &says,
                 prefetch,
                 &state,
                 &mut supervisor,
@@ -283,10 +329,12 @@ pub fn start(
     (link, task)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_session(
     connection: &Connection,
     topology: &Topology,
     rooms: &Rooms,
+    says: &Says,
     prefetch: u16,
     state: &watch::Sender<Option<Arc<Session>>>,
     supervisor: &mut Supervisor,
@@ -379,7 +427,7 @@ async fn run_session(
                     let mut delivered = 0;
                     let mut next = Some(first);
                     while let Some(delivery) = next.take() {
-                        if let Some(valid) = deliver(rooms, delivery.context("Delivery failed")?).await? {
+                        if let Some(valid) = deliver(rooms, says, delivery.context("Delivery failed")?).await? {
                             unacked = Some(valid);
                             unacked_count += 1;
                         }
@@ -421,9 +469,18 @@ async fn run_session(
 /// Hands one delivery to the room's local members (repeats of recent events are dropped
 /// there) and returns it, for the caller to ack. Garbage is rejected without requeue,
 /// which dead-letters it.
-async fn deliver(rooms: &Rooms, delivery: Delivery) -> anyhow::Result<Option<Delivery>> {
+async fn deliver(
+    rooms: &Rooms,
+    says: &Says,
+    delivery: Delivery,
+) -> anyhow::Result<Option<Delivery>> {
     match Event::decode(&delivery.data) {
         Ok(event) => {
+            if let (EventKind::Message, Some(text)) = (event.kind, event.text.as_deref()) {
+                // Every message on the exchange, so a resend on this gateway of one posted
+                // through another is recognised.
+                says.observe(&event.id, fingerprint(&event.room, &event.user, text));
+            }
             rooms.deliver(&event);
             Ok(Some(delivery))
         }

@@ -3,6 +3,8 @@
 //! machine-readable error code; nothing here panics on any input.
 
 use chat_core::normalize::{self, Limits};
+
+use crate::idempotency;
 use chat_core::Event;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,10 +24,12 @@ pub enum Command {
         since: Option<String>,
         r#ref: Option<String>,
     },
-    /// Say something in a joined room.
+    /// Say something in a joined room, optionally under an event id the client made
+    /// (a recent UUIDv7), so that resending it can never post it twice.
     Say {
         room: String,
         text: String,
+        id: Option<String>,
         r#ref: Option<String>,
     },
     /// Leave a joined room.
@@ -97,7 +101,17 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
             let room = fields.room()?;
             let text = normalize::text(fields.required("text")?, limits)
                 .map_err(|e| fields.reject("invalid_text", e.to_string()))?;
-            Ok(Command::Say { room, text, r#ref })
+            let id = optional_string(fields.map, "id", MAX_SINCE, r#ref.as_ref())?;
+            if let Some(id) = &id {
+                idempotency::check_client_id(id, chrono::Utc::now())
+                    .map_err(|reason| fields.reject("invalid_field", reason))?;
+            }
+            Ok(Command::Say {
+                room,
+                text,
+                id,
+                r#ref,
+            })
         }
         "leave" => Ok(Command::Leave {
             room: fields.room()?,
@@ -257,8 +271,22 @@ mod tests {
             Ok(Command::Say {
                 room: "lobby".into(),
                 text: "hi\nthere".into(),
+                id: None,
                 r#ref: None
             })
+        );
+        let id = uuid::Uuid::now_v7().to_string();
+        let frame = serde_json::json!({"type":"say","room":"lobby","text":"hi","id":id});
+        assert!(matches!(
+            parse_default(&frame.to_string()),
+            Ok(Command::Say { id: Some(given), .. }) if given == id
+        ));
+        assert_eq!(
+            code(
+                r#"{"type":"say","room":"lobby","text":"hi","id":"550e8400-e29b-41d4-a716-446655440000"}"#
+            ),
+            "invalid_field",
+            "not a UUIDv7"
         );
         assert!(matches!(
             parse_default(r#"{"type":"leave","room":"lobby"}"#),

@@ -82,20 +82,24 @@ fn asset(body: &'static str, content_type: &'static str) -> warp::reply::Respons
     response
 }
 
-/// `/livez`, `/readyz` and `/healthz` (200 while the broker link is up, 503 otherwise),
-/// `/metrics`.
+/// `/livez`, `/readyz` and `/healthz` (200 while the broker link is up and not blocked by
+/// a resource alarm, 503 otherwise), `/metrics`.
 fn probes(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let ready: probes::Readiness = Arc::new(move || {
         let state = state.clone();
         Box::pin(async move {
-            let ready = state.link.is_ready();
+            let linked = state.link.is_ready();
+            // While the broker blocks publishes nobody can post or join here: tell the load
+            // balancer to send new clients elsewhere.
+            let blocked = state.link.blocked();
             let body = serde_json::json!({
                 "gateway": state.gateway_id,
-                "broker": ready,
+                "broker": linked,
+                "blocked": blocked,
                 "rooms": state.rooms.room_count(),
                 "clients": state.connections.len(),
             });
-            (ready, body)
+            (linked && blocked.is_none(), body)
         })
     });
     probes::routes(ready)

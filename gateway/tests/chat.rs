@@ -508,3 +508,88 @@ async fn read_until(socket: &mut tokio::net::TcpStream, received: &mut Vec<u8>, 
         received.extend_from_slice(&chunk[..n]);
     }
 }
+
+#[tokio::test]
+async fn a_resent_message_is_posted_once_whichever_gateway_gets_the_resend() {
+    let prefix = unique_prefix("resend");
+    let broker = Broker::connect(&prefix).await;
+    // A queue of our own on the exchange shows exactly what the gateways published.
+    let channel = broker.connection.create_channel().await.unwrap();
+    broker
+        .topology
+        .declare_subscriber_queue(&channel, "spy")
+        .await
+        .unwrap();
+    let one = start_gateway(&prefix, &[]).await;
+    let two = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&one).await;
+    alice.join("lobby", "alice").await;
+    // Alice's second tab, on the other gateway.
+    let mut alice_again = Client::connect(&two).await;
+    alice_again.join("lobby", "alice").await;
+    let id = uuid::Uuid::now_v7().to_string();
+
+    let first = alice.say_with_id("lobby", "only once", &id, "m1").await;
+    assert_eq!(first["type"], "ack", "{first}");
+    assert_eq!(first["id"], id.as_str());
+    // The same connection resends it: the same ack, nothing published.
+    let again = alice.say_with_id("lobby", "only once", &id, "m2").await;
+    assert_eq!(
+        (again["type"].as_str(), again["id"].as_str()),
+        (Some("ack"), Some(id.as_str()))
+    );
+
+    // The other gateway has seen the message go by; a resend there is acked, not posted.
+    assert_eq!(
+        alice_again.event("lobby", "message").await["id"],
+        id.as_str()
+    );
+    let elsewhere = alice_again
+        .say_with_id("lobby", "only once", &id, "m3")
+        .await;
+    assert_eq!(elsewhere["type"], "ack", "{elsewhere}");
+    assert_eq!(elsewhere["id"], id.as_str());
+
+    // Someone else using the id, or the same id for other content: refused.
+    let mut mallory = Client::connect(&two).await;
+    mallory.join("lobby", "mallory").await;
+    let stolen = mallory.say_with_id("lobby", "only once", &id, "x1").await;
+    assert_eq!(stolen["code"], "conflict", "{stolen}");
+    let changed = alice.say_with_id("lobby", "only twice", &id, "x2").await;
+    assert_eq!(changed["code"], "conflict", "{changed}");
+
+    let published: Vec<Event> = broker
+        .drain(&broker.topology.subscriber_queue("spy"))
+        .await
+        .iter()
+        .map(|body| Event::decode(body).unwrap())
+        .collect();
+    let copies: Vec<&Event> = published.iter().filter(|e| e.id == id).collect();
+    assert_eq!(copies.len(), 1, "published once: {copies:?}");
+    assert_eq!(copies[0].text.as_deref(), Some("only once"));
+    one.stop().await;
+    two.stop().await;
+    let _ = channel.close(200, "done".into()).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_made_id_must_be_a_recent_uuidv7() {
+    let prefix = unique_prefix("badid");
+    let broker = Broker::connect(&prefix).await;
+    let gateway = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gateway).await;
+    alice.join("lobby", "alice").await;
+    // A UUIDv7 from 2020, a UUIDv4, an uppercase spelling, and not a UUID at all.
+    for bad in [
+        "01700000-0000-7000-8000-000000000000".to_owned(),
+        "550e8400-e29b-41d4-a716-446655440000".to_owned(),
+        uuid::Uuid::now_v7().to_string().to_uppercase(),
+        "hello".to_owned(),
+    ] {
+        let refused = alice.say_with_id("lobby", "hi", &bad, "b").await;
+        assert_eq!(refused["code"], "invalid_field", "{bad}: {refused}");
+    }
+    gateway.stop().await;
+    broker.cleanup().await;
+}

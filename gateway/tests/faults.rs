@@ -752,3 +752,84 @@ async fn a_gateway_that_lost_its_broker_connection_delivers_what_it_missed() {
     }
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_message_resent_after_a_broker_crash_is_posted_once() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("crash-resend");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chat.log");
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let logger = start_logger(&prefix, &log).await;
+    let gw1 = start_gateway(&prefix, &["--publish-timeout-ms", "3000"]).await;
+    let gw2 = start_gateway(&prefix, &[]).await;
+    let mut alice = Client::connect(&gw1).await;
+    alice.join("lobby", "alice").await;
+    let mut bob = Client::connect(&gw2).await;
+    bob.join("lobby", "bob").await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let text = "said as the broker died";
+
+    // Published, and the broker killed before anyone can be sure of the confirm.
+    alice
+        .send(json!({"type": "say", "room": "lobby", "text": text, "id": id, "ref": "m1"}))
+        .await;
+    let outage = BrokerOutage::begin(Outage::Crash).await;
+    let first = alice
+        .recv_until(|f| (f["type"] == "ack" || f["type"] == "error") && f["ref"] == "m1")
+        .await;
+    outage.end().await;
+    for gateway in [&gw1, &gw2] {
+        eventually(WAIT, "the gateway linked again", || async {
+            (health(gateway).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    // Whatever the first answer was, the page resends until it gets an ack.
+    let mut resends = 0;
+    let ack = loop {
+        resends += 1;
+        let answer = alice
+            .say_with_id("lobby", text, &id, &format!("r{resends}"))
+            .await;
+        if answer["type"] == "ack" {
+            break answer;
+        }
+        assert!(resends < 20, "never acked: {answer}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(ack["id"], id.as_str());
+    let archived_copies = eventually(WAIT, "the message archived", || async {
+        let copies = archived(archiver.addr(), "lobby")
+            .await
+            .iter()
+            .filter(|e| e["id"] == id.as_str())
+            .count();
+        (copies > 0).then_some(copies)
+    })
+    .await;
+    let seen = |frames: &[Value]| {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "event" && f["event"]["id"] == id.as_str())
+            .count()
+    };
+    // Everything bob receives for a while: the message (live or by gap repair) once.
+    let bob_saw = seen(&bob.drain_for(Duration::from_secs(3)).await);
+    let logged = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(text))
+        .count();
+    report(&format!(
+        "resend after a broker crash: first answer {}, acked after {resends} resend(s); \
+         archived={archived_copies} logged={logged} seen_on_other_gateway={bob_saw}",
+        first["code"].as_str().unwrap_or("ack")
+    ));
+    assert_eq!((archived_copies, bob_saw), (1, 1));
+    assert!(logged >= 1, "logged");
+    for service in [gw1, gw2, archiver, logger] {
+        service.stop().await;
+    }
+    Broker::connect(&prefix).await.cleanup().await;
+}

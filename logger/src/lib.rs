@@ -93,6 +93,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let ready: probes::Readiness = Arc::new(move || {
+        // No `blocked` here: the logger only consumes, and the broker blocks publishers.
         let broker = readiness.is_ready();
         Box::pin(async move { (broker, serde_json::json!({ "broker": broker })) })
     });

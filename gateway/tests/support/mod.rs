@@ -310,6 +310,26 @@ impl Client {
             .await
     }
 
+    /// Says something under an event id the client made; returns the `ack` or `error`.
+    pub async fn say_with_id(&mut self, room: &str, text: &str, id: &str, r#ref: &str) -> Value {
+        self.send(json!({"type": "say", "room": room, "text": text, "id": id, "ref": r#ref}))
+            .await;
+        self.recv_until(|f| (f["type"] == "ack" || f["type"] == "error") && f["ref"] == r#ref)
+            .await
+    }
+
+    /// Every frame that arrives within `window`, after the backlog.
+    pub async fn drain_for(&mut self, window: Duration) -> Vec<Value> {
+        let mut frames: Vec<Value> = self.backlog.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Message::Text(text) = message {
+                frames.push(serde_json::from_str(&text).expect("JSON frame"));
+            }
+        }
+        frames
+    }
+
     /// The next live event of `room` with type `kind`.
     pub async fn event(&mut self, room: &str, kind: &str) -> Value {
         self.recv_until(|f| {
