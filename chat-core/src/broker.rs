@@ -29,10 +29,68 @@ impl BrokerArgs {
     }
 }
 
-/// Opens one connection, named `<service>` for the broker's management UI.
-pub async fn connect(url: &str, service: &str) -> lapin::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(service.into());
-    Connection::connect(url, properties).await
+/// How long one node may take to accept a connection before the next one is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The nodes of `AMQP_URL`: one URL, or several separated by commas (the nodes of a
+/// cluster), each a full `amqp://user:pass@host:port/vhost` URL.
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Opens one connection, named `<service>` for the broker's management UI, to the first
+/// node of `urls` (a comma-separated list) that accepts within [`CONNECT_TIMEOUT`]. The
+/// nodes are tried from a random one on, so services spread over a cluster and a dead
+/// node is skipped on the next attempt.
+pub async fn connect(urls: &str, service: &str) -> lapin::Result<Connection> {
+    let nodes = nodes(urls);
+    let start = random_below(nodes.len().max(1));
+    let mut last_error = None;
+    for i in 0..nodes.len() {
+        let url = nodes[(start + i) % nodes.len()];
+        let properties = ConnectionProperties::default().with_connection_name(service.into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+            Ok(Ok(connection)) => {
+                if nodes.len() > 1 {
+                    tracing::info!(node = %redact(url), %service, "connected to a cluster node");
+                }
+                return Ok(connection);
+            }
+            Ok(Err(err)) => {
+                if nodes.len() > 1 {
+                    tracing::debug!(node = %redact(url), error = %err, "node refused; trying the next");
+                }
+                last_error = Some(err);
+            }
+            Err(_) => {
+                tracing::debug!(node = %redact(url), "node did not answer in time; trying the next");
+                last_error = Some(lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                    ),
+                ))));
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "AMQP_URL names no broker",
+        ))))
+    }))
+}
+
+/// A number below `n`, from the clock's nanoseconds: enough to spread services over nodes.
+fn random_below(n: usize) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos as usize % n.max(1)
 }
 
 /// Connects, retrying with capped exponential backoff until it succeeds or `shutdown` is
@@ -308,8 +366,16 @@ pub fn event_properties(event: &Event) -> BasicProperties {
         .with_app_id(event.gateway.as_str().into())
 }
 
-/// The URL with any password replaced by `***`, for logs and error messages.
-pub fn redact(url: &str) -> String {
+/// The URL (or comma-separated URLs) with any password replaced by `***`, for logs and
+/// error messages.
+pub fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -341,6 +407,21 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(redact("amqps://u:p@h"), "amqps://u:***@h");
+        assert_eq!(
+            redact("amqp://u:p1@a:1/%2f,amqp://u:p2@b:2/%2f"),
+            "amqp://u:***@a:1/%2f,amqp://u:***@b:2/%2f"
+        );
+    }
+
+    #[test]
+    fn amqp_url_may_list_the_nodes_of_a_cluster() {
+        assert_eq!(nodes("amqp://a/%2f"), ["amqp://a/%2f"]);
+        assert_eq!(
+            nodes("amqp://a/%2f, amqp://b/%2f,,amqp://c/%2f"),
+            ["amqp://a/%2f", "amqp://b/%2f", "amqp://c/%2f"]
+        );
+        assert!(nodes(" , ").is_empty());
+        assert!(random_below(3) < 3);
     }
 
     #[test]

@@ -27,7 +27,8 @@ use tokio::sync::watch;
 
 /// How far a client-made id's timestamp may be from the gateway's clock, either way.
 pub const ID_WINDOW: Duration = Duration::from_secs(300);
-/// How many message ids a gateway remembers (about 5 MB at most).
+/// How many message ids a gateway remembers (about 4 MB at most: ids are kept as 128-bit
+/// numbers).
 pub const REMEMBERED: usize = 65_536;
 
 /// How a publish ended, as the client is told.
@@ -72,8 +73,14 @@ pub struct Says {
 
 #[derive(Default)]
 struct Inner {
-    ids: HashMap<Box<str>, Remembered>,
-    order: VecDeque<Box<str>>,
+    ids: HashMap<u128, Remembered>,
+    order: VecDeque<u128>,
+}
+
+/// An event id as a number. Gateways only make and accept UUIDs; an id of another shape
+/// (another producer's) cannot be resent through a gateway and is not remembered.
+fn key(id: &str) -> Option<u128> {
+    uuid::Uuid::try_parse(id).ok().map(|u| u.as_u128())
 }
 
 /// The fingerprint of a message's content: what a resend must repeat exactly.
@@ -115,8 +122,12 @@ impl Says {
     /// Decides what a `say` with `id` and `fingerprint` does; a [`Claim::New`] id is
     /// recorded as in flight here until [`Says::settle`].
     pub fn claim(&self, id: &str, fingerprint: u64) -> Claim {
+        let Some(id) = key(id) else {
+            // Not a UUID: never accepted from clients, so never resent either.
+            return Claim::New;
+        };
         let mut inner = self.lock();
-        match inner.ids.get(id) {
+        match inner.ids.get(&id) {
             Some(known) if known.fingerprint != fingerprint => Claim::Conflict,
             Some(Remembered {
                 state: State::Confirmed,
@@ -143,8 +154,11 @@ impl Says {
     /// Records how the publish of a [`Claim::New`] id ended and tells those waiting. An id
     /// that was not confirmed is forgotten, so that a resend publishes it again.
     pub fn settle(&self, id: &str, outcome: Outcome) {
+        let Some(id) = key(id) else {
+            return;
+        };
         let mut inner = self.lock();
-        let Some(known) = inner.ids.get_mut(id) else {
+        let Some(known) = inner.ids.get_mut(&id) else {
             return;
         };
         let state = std::mem::replace(&mut known.state, State::Confirmed);
@@ -152,14 +166,17 @@ impl Says {
             sender.send_replace(Some(outcome));
         }
         if outcome != Outcome::Confirmed {
-            inner.ids.remove(id);
+            inner.ids.remove(&id);
         }
     }
 
     /// Records a message event consumed from the exchange: it exists, confirmed.
     pub fn observe(&self, id: &str, fingerprint: u64) {
+        let Some(id) = key(id) else {
+            return;
+        };
         let mut inner = self.lock();
-        match inner.ids.entry(id.into()) {
+        match inner.ids.entry(id) {
             // In flight here: our own publish settles it. Otherwise known already.
             Entry::Occupied(_) => {}
             Entry::Vacant(_) => inner.remember(
@@ -178,14 +195,13 @@ impl Says {
 }
 
 impl Inner {
-    fn remember(&mut self, id: &str, remembered: Remembered) {
+    fn remember(&mut self, id: u128, remembered: Remembered) {
         while self.order.len() >= REMEMBERED {
             if let Some(oldest) = self.order.pop_front() {
                 self.ids.remove(&oldest);
             }
         }
-        let id: Box<str> = id.into();
-        self.order.push_back(id.clone());
+        self.order.push_back(id);
         self.ids.insert(id, remembered);
     }
 }
@@ -246,15 +262,14 @@ mod tests {
     #[test]
     fn memory_is_bounded_oldest_first() {
         let says = Says::default();
+        let id = |n: usize| uuid::Uuid::from_u128(n as u128).to_string();
         for n in 0..REMEMBERED + 10 {
-            says.observe(&format!("id-{n}"), 1);
+            says.observe(&id(n), 1);
         }
         let inner = says.lock();
         assert_eq!(inner.ids.len(), REMEMBERED);
-        assert!(!inner.ids.contains_key("id-0"));
-        assert!(inner
-            .ids
-            .contains_key(format!("id-{}", REMEMBERED + 9).as_str()));
+        assert!(!inner.ids.contains_key(&0));
+        assert!(inner.ids.contains_key(&((REMEMBERED + 9) as u128)));
     }
 
     #[test]
