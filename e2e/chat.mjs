@@ -2,7 +2,7 @@
 //
 //   node chat.mjs [baseA] [baseB]     (defaults http://127.0.0.1:3001 http://127.0.0.1:3002)
 //
-// Three phases, each reported even when an earlier one failed:
+// Six phases, each reported even when an earlier one failed:
 //
 // 1. chat: page A (alice) on gateway A and page B (bob) on gateway B join room "lobby" and
 //    exchange messages, including HTML/script payloads that must show as plain text. Checks:
@@ -15,7 +15,24 @@
 //    chat_events_delivered_total, chat_events_archived_total, chat_events_logged_total all
 //    above 0, chat_clients_connected on both gateways (one open page each) and
 //    chat_broker_connected on every service. Each assertion counts in the totals.
-// 3. failover (needs E2E_GW1_PID, the process id of gateway A; it runs last because it stops
+// 3. heartbeat: page G (gina, on A, with ?ping_ms=1500&dead_ms=1000) pings when the server
+//    is quiet and gets `pong`; then everything her socket receives is hidden from her page
+//    (a connection that died without a FIN): the page must give the socket up by itself
+//    within ping + deadline + backoff, reconnect, rejoin with `since` and show the two
+//    messages hank (H, on B) sent meanwhile exactly once.
+// 4. reload: page I (ivy, on A) sends a message whose `say` is swallowed on its way out, so
+//    it stays pending; it must be in localStorage with a UUIDv7; after a reload and Join it
+//    is shown pending at once, sent again after the `joined` with the same id, acked under
+//    that id, and shown once on both pages and once in the archive (E2E_ARCHIVER_URL). Then
+//    a message that reached the server while the page heard nothing back: after a reload
+//    the rejoin's history confirms it by id, and the page sends nothing again.
+// 5. alarm: RabbitMQ's memory alarm is raised (rabbitmqctl set_vm_memory_high_watermark
+//    0.000001; always lifted again with 0.4, also on a watchdog timeout or a signal). Both
+//    gateways' /readyz must answer 503; page E's (erin, on A) message must show as failed
+//    (`unavailable`) within 2 s, with a Retry that says retrying is safe; after the alarm,
+//    Retry posts it exactly once, under its first id: on her page, on frank's (F, on B) and
+//    in the archive. Screenshots alarm-failed-*.png and alarm-retried-*.png (desktop, phone).
+// 6. failover (needs E2E_GW1_PID, the process id of gateway A; it runs last because it stops
 //    that gateway): page C (carol) is opened on gateway A with ?gw=<A>/ws,<B>/ws and page D
 //    (dave) on gateway B, both in a room of their own. Dave keeps sending; gateway A gets
 //    SIGTERM. Carol must get close code 1012, reconnect to gateway B by herself (#gateway,
@@ -34,6 +51,7 @@
 // stops at its first failed check (metrics assertions are all evaluated).
 
 import { chromium } from 'playwright-core';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -382,25 +400,32 @@ async function metricsPhase() {
   for (const [ok, what, detail] of result.checks) softCheck(ok, what, ok ? '' : `got ${detail}`);
 }
 
-// ---------------------------------------------------------------- phase 3: failover
+// ---------------------------------------------------------------- phase 6: failover
 
 /**
  * Installed before the page's own scripts: wraps WebSocket to record, per socket, its URL,
- * open/close times, close code, the `join` frames sent (with their `since`) and a digest of
- * the frames received. It does not change what the page does.
+ * open/close times, close code, the `join`, `say` and `ping` frames sent and a digest of the
+ * frames received. It changes what the page does only when a test asks it to:
+ * `window.__e2eMuteUpTo = n` hides from the page every frame that arrives on its first n
+ * sockets (connections that went silent; later sockets work), `window.__e2eDropSays = true`
+ * swallows the page's `say` frames (a message that never reaches the gateway). Both are off
+ * on every page load.
  */
 function spyOnSockets() {
   const Native = window.WebSocket;
   const log = [];
   const records = new WeakMap();
   Object.defineProperty(window, '__e2eSockets', { value: log });
+  window.__e2eMuteUpTo = 0;
+  window.__e2eDropSays = false;
   class Recorded extends Native {
     constructor(url, protocols) {
       super(url, protocols);
       const rec = {
         url: String(url), created: Date.now(), opened: null, closed: null, code: null,
-        joins: [], frames: [],
+        joins: [], says: [], pings: [], frames: [],
       };
+      rec.index = log.length;
       log.push(rec);
       records.set(this, rec);
       this.addEventListener('open', () => { rec.opened = Date.now(); });
@@ -408,14 +433,21 @@ function spyOnSockets() {
         rec.closed = Date.now();
         rec.code = e.code;
       });
+      // Registered before the page's own listener, so it can hide a frame from the page.
       this.addEventListener('message', (e) => {
         let m;
-        try { m = JSON.parse(e.data); } catch { return; }
+        try { m = JSON.parse(e.data); } catch { m = null; }
         const f = { t: Date.now(), type: m && m.type };
         if (f.type === 'event') f.id = m.event && m.event.id;
         if (f.type === 'joined') f.ids = (m.history || []).map((ev) => ev.id);
         if (f.type === 'error') f.code = m.code;
         if (f.type === 'hello') f.gateway = m.gateway;
+        if (f.type === 'ack') f.id = m.id;
+        if (m && m.ref !== undefined) f.ref = m.ref;
+        if (rec.index < window.__e2eMuteUpTo) {
+          f.muted = true;
+          e.stopImmediatePropagation();
+        }
         rec.frames.push(f);
       });
     }
@@ -425,6 +457,12 @@ function spyOnSockets() {
         const m = JSON.parse(data);
         const rec = records.get(this);
         if (m && m.type === 'join' && rec) rec.joins.push({ since: m.since ?? null, t: Date.now() });
+        if (m && m.type === 'ping' && rec) rec.pings.push({ ref: m.ref ?? null, t: Date.now() });
+        if (m && m.type === 'say' && rec) {
+          const dropped = !!window.__e2eDropSays;
+          rec.says.push({ id: m.id ?? null, ref: m.ref ?? null, text: m.text, t: Date.now(), dropped });
+          if (dropped) return undefined;
+        }
       } catch { /* not JSON: not ours to judge */ }
       return super.send(data);
     }
@@ -626,6 +664,348 @@ async function failoverPhase(browser, pages) {
   noTrouble(tc.concat(td));
 }
 
+// ---------------------------------------------------------------- phase 3: heartbeat
+
+/** Waits until `fn()` (run in the page) returns something truthy; returns it. */
+async function until(page, fn, arg, what, timeout = TIMEOUT) {
+  const handle = await page.waitForFunction(fn, arg, { timeout, polling: 50 })
+    .catch((err) => { throw new CheckFailed(`${what}: ${String(err.message || err).split('\n')[0]}`); });
+  return handle.jsonValue();
+}
+
+/**
+ * Issue 16: a connection that goes silent is noticed. Gina's page runs with a short
+ * heartbeat (?ping_ms=1500&dead_ms=1000). While quiet it pings and the gateway answers
+ * `pong`. Then every frame of her socket is hidden from her page (a network that dropped
+ * without a FIN): her page must give that socket up by itself within ping + dead time,
+ * reconnect, rejoin with `since` = the last event it saw, and show the two messages hank
+ * sent meanwhile exactly once.
+ */
+async function heartbeatPhase(browser, pages) {
+  const tag = Math.random().toString(36).slice(2, 8);
+  const room = `heartbeat-${tag}`;
+  const PING = 1500;
+  const DEAD = 1000;
+  const g = await newPage(browser);
+  const h = await newPage(browser);
+  pages.push(['gina', g], ['hank', h]);
+  const tg = watch(g, 'page G');
+  const th = watch(h, 'page H');
+  await g.addInitScript(spyOnSockets);
+  await join(g, baseA, 'gina', { url: `${baseA}/?ping_ms=${PING}&dead_ms=${DEAD}`, room });
+  await join(h, baseB, 'hank', { room });
+  await exchange(h, 'hank', g, 'gina', `before the silence ${tag}`);
+
+  // Quiet: the page pings after PING ms without a frame, and the gateway answers.
+  const pong = await until(g, () => {
+    const s = window.__e2eSockets[0];
+    return s.pings.length > 0 && s.frames.some((f) => f.type === 'pong') && s.pings;
+  }, null, 'gina: after a quiet spell the page sends a ping and gets a pong', 3 * PING + 2 * DEAD);
+  pass(`gina: after ${PING} ms of quiet the page sends a ping (${pong[0].ref}) and gets a pong`);
+  await g.waitForTimeout(PING + DEAD);
+  check(await g.evaluate(() => window.__e2eSockets.length === 1
+    && document.querySelector('#status').dataset.state === 'connected'),
+  'gina: answered pings keep the connection (still the first socket, connected)');
+
+  // Silence: hide everything the first socket receives from now on.
+  const mutedAt = Date.now();
+  await g.evaluate(() => { window.__e2eMuteUpTo = window.__e2eSockets.length; });
+  const silent = [`said into the silence 1 ${tag}`, `said into the silence 2 ${tag}`];
+  for (const t of silent) {
+    await say(h, t);
+    await step(`hank's ${JSON.stringify(t)} is acked`, () => ackedId(h, t));
+  }
+  await until(g, () => window.__e2eSockets.length > 1 && window.__e2eSockets[1].opened,
+    null, 'gina: the page gives up the silent socket and opens a new one', PING + DEAD + 5000);
+  const gaveUp = Date.now() - mutedAt;
+  console.log(`#   gina's page opened a new socket ${gaveUp} ms after her first went silent `
+    + `(ping after ${PING} ms, deadline ${DEAD} ms, then the reconnect backoff)`);
+  check(gaveUp < PING + DEAD + 3000, 'gina: the silent connection is replaced within ping + deadline + backoff',
+    `${gaveUp} ms`);
+  for (const t of silent) await waitForText(g, t, 'gina after the reconnect');
+  await joined(g, 'gina', room);
+  const sockets = await g.evaluate(() => window.__e2eSockets);
+  const lastSeen = sockets[0].frames.filter((f) => !f.muted && f.type === 'event').at(-1)?.id;
+  const since = sockets[1].joins[0]?.since;
+  check(!!since && since === lastSeen, 'gina rejoined with since = the last event id her page saw',
+    `since ${since} vs ${lastSeen}`);
+  check(sockets[0].pings.length > 0 && sockets[0].frames.some((f) => f.muted),
+    'gina: the first socket pinged into the silence', `${sockets[0].pings.length} pings`);
+  await g.waitForTimeout(300);
+  for (const t of silent) {
+    const copies = await find(g, t);
+    check(copies.length === 1, `gina shows ${JSON.stringify(t)} exactly once`, `${copies.length} copies`);
+  }
+  await exchange(g, 'gina', h, 'hank', `back from the silence ${tag}`);
+  noTrouble(tg.concat(th));
+}
+
+// ---------------------------------------------------------------- phase 4: reload
+
+/** The archived events of `room` (all of them, up to 1000), from the archiver's HTTP API. */
+async function archived(room) {
+  const res = await fetch(`${ARCHIVER_URL}/api/rooms/${encodeURIComponent(room)}/events?limit=1000`,
+    { signal: AbortSignal.timeout(5000) });
+  if (!res.ok) throw new Error(`archiver: HTTP ${res.status}`);
+  return (await res.json()).events;
+}
+
+/** Waits until the archive holds `text` in `room`, lets a (wrong) copy arrive, returns the copies. */
+async function archivedCopies(room, text) {
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    const hits = (await archived(room)).filter((ev) => ev.type === 'message' && ev.text === text);
+    if (hits.length) {
+      await sleep(1000);
+      return (await archived(room)).filter((ev) => ev.type === 'message' && ev.text === text);
+    }
+    if (Date.now() > deadline) return hits;
+    await sleep(200);
+  }
+}
+
+/** Asserts one copy of `text` in the archive of `room`, with event id `id`. */
+async function onceInArchive(room, text, id) {
+  if (!ARCHIVER_URL) {
+    console.log('# SKIP archive count: E2E_ARCHIVER_URL is not set');
+    return;
+  }
+  const copies = await archivedCopies(room, text);
+  check(copies.length === 1 && copies[0].id === id,
+    `the archive (HTTP API) holds ${JSON.stringify(text)} exactly once, under its id`,
+    `${copies.length} copies: ${copies.map((c) => c.id).join(', ')} (want ${id})`);
+}
+
+/** The page's stored outbox of `room`: [{id, text, ...}]. */
+const storedOutbox = (page, room) => page.evaluate(
+  (r) => JSON.parse(localStorage.getItem(`chat.pending.${r}`) || '[]'), room,
+);
+
+/**
+ * Issue 15: a message still pending when the page is reloaded is shown as pending after the
+ * reload and sent again, with its id, once the room is joined. Ivy's first `say` is
+ * swallowed on its way out (so it is certainly pending and unknown to the server); she
+ * reloads; after the rejoin her page sends it with the same id; it shows once on both
+ * pages and in the archive.
+ */
+async function reloadPhase(browser, pages) {
+  const tag = Math.random().toString(36).slice(2, 8);
+  const room = `reload-${tag}`;
+  const i = await newPage(browser);
+  const j = await newPage(browser);
+  pages.push(['ivy', i], ['jack', j]);
+  const ti = watch(i, 'page I');
+  const tj = watch(j, 'page J');
+  await i.addInitScript(spyOnSockets);
+  await join(i, baseA, 'ivy', { room });
+  await join(j, baseB, 'jack', { room });
+
+  const text = `sent just before a reload ${tag}`;
+  await i.evaluate(() => { window.__e2eDropSays = true; });
+  await say(i, text);
+  await i.waitForTimeout(500);
+  const before = await find(i, text);
+  check(before.length === 1 && before[0].pending && !before[0].id,
+    'ivy: a message that got no answer shows as pending', JSON.stringify(before));
+  const stored = await storedOutbox(i, room);
+  const id = stored[0]?.id;
+  check(stored.length === 1 && stored[0].text === text && /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id),
+    'ivy: the pending message is stored (localStorage) with a UUIDv7', JSON.stringify(stored));
+  const firstSay = await i.evaluate(() => window.__e2eSockets[0].says[0]);
+  check(firstSay && firstSay.id === id && firstSay.dropped, 'ivy: its say carried that id',
+    JSON.stringify(firstSay));
+
+  await step('page I reloads', () => i.reload({ waitUntil: 'load', timeout: TIMEOUT }));
+  await i.waitForSelector('#join-button', { state: 'visible', timeout: TIMEOUT });
+  await i.waitForSelector('#status[data-state="connected"]', { timeout: TIMEOUT });
+  // Click Join and look at once, in the same task: the message is back, pending, before the
+  // `joined` that lets it go out.
+  const restored = await i.evaluate((t) => {
+    document.querySelector('#join-button').click();
+    const m = [...document.querySelectorAll('#messages .msg')]
+      .find((x) => x.querySelector('.text')?.textContent === t);
+    return m ? { pending: m.classList.contains('pending'), sent: window.__e2eSockets.at(-1).says.length } : null;
+  }, text);
+  check(restored && restored.pending && restored.sent === 0,
+    'ivy after the reload: the message is shown as pending as soon as she joins', JSON.stringify(restored));
+  await joined(i, 'ivy', room);
+  await waitForText(j, text, 'jack');
+  const ackId = await step(`ivy's ${JSON.stringify(text)} is acked after the reload`, () => ackedId(i, text));
+  const resent = await i.evaluate(() => window.__e2eSockets.at(-1));
+  const joinedAt = resent.frames.find((f) => f.type === 'joined')?.t;
+  check(resent.says.length === 1 && resent.says[0].id === id && resent.says[0].t >= joinedAt,
+    'ivy after the reload: sent again once, after the rejoin, with the same id',
+    JSON.stringify(resent.says));
+  check(ackId === id, 'the ack carries the id the page made', `${ackId} vs ${id}`);
+  await i.waitForTimeout(300);
+  const mine = await find(i, text);
+  const theirs = await find(j, text);
+  check(mine.length === 1 && theirs.length === 1 && theirs[0].id === id,
+    `${JSON.stringify(text)} shows once on each page, under its id`,
+    `${mine.length} and ${theirs.length} copies, ${theirs[0]?.id}`);
+  check((await storedOutbox(i, room)).length === 0, 'ivy: the confirmed message left the storage');
+  await onceInArchive(room, text, id);
+
+  // Second case: the message reaches the server, but its ack and event never reach the page
+  // (everything the socket receives is hidden), so it is still pending at the reload. The
+  // rejoin's history holds its event under its id: the page shows that and sends nothing.
+  const text2 = `posted, but the page never heard ${tag}`;
+  await i.evaluate(() => { window.__e2eMuteUpTo = window.__e2eSockets.length; });
+  await say(i, text2);
+  await waitForText(j, text2, 'jack');
+  const pending2 = await find(i, text2);
+  check(pending2.length === 1 && pending2[0].pending, 'ivy: with no answer heard, it shows as pending',
+    JSON.stringify(pending2));
+  const id2 = (await storedOutbox(i, room))[0]?.id;
+  await step('page I reloads again', () => i.reload({ waitUntil: 'load', timeout: TIMEOUT }));
+  await i.waitForSelector('#status[data-state="connected"]', { timeout: TIMEOUT });
+  await i.click('#join-button');
+  await joined(i, 'ivy', room);
+  await until(i, () => window.__e2eSockets.at(-1).frames.some((f) => f.type === 'joined'),
+    null, 'ivy: the rejoin is answered');
+  await i.waitForTimeout(500);
+  const after = await i.evaluate(() => window.__e2eSockets.at(-1).says);
+  check(after.length === 0, 'ivy after the reload: the history showed it posted, so nothing is sent again',
+    JSON.stringify(after));
+  const mine2 = await find(i, text2);
+  const theirs2 = await find(j, text2);
+  check(mine2.length === 1 && !mine2[0].pending && mine2[0].id === id2 && theirs2.length === 1
+    && theirs2[0].id === id2, `${JSON.stringify(text2)} shows once on each page, under its id`,
+  `${JSON.stringify(mine2)} / ${JSON.stringify(theirs2)} (want ${id2})`);
+  check((await storedOutbox(i, room)).length === 0, 'ivy: it left the storage');
+  await onceInArchive(room, text2, id2);
+  noTrouble(ti.concat(tj));
+}
+
+// ---------------------------------------------------------------- phase 5: broker alarm
+
+function rabbitmqctl(...args) {
+  return execFileSync('rabbitmqctl', ['-q', ...args], { encoding: 'utf8', timeout: 60000 });
+}
+
+/** Whether this run may have raised the memory alarm and not lifted it yet. */
+let alarmRaised = false;
+
+/**
+ * Lifts the memory alarm (the broker's default watermark, 0.4) if this run raised it. Called
+ * after the alarm step whatever its outcome, and on the way out of the process (watchdog,
+ * SIGINT/SIGTERM), so a broken run never leaves every publisher on the broker blocked.
+ */
+function liftAlarm() {
+  if (!alarmRaised) return;
+  try {
+    rabbitmqctl('set_vm_memory_high_watermark', '0.4');
+    alarmRaised = false;
+    console.log('#   lifted the memory alarm (vm_memory_high_watermark 0.4)');
+  } catch (err) {
+    console.error(`FAIL: could not lift the memory alarm: ${err.message}`);
+  }
+}
+
+/** The HTTP status of `base`/readyz (0 when it does not answer). */
+async function readyz(base) {
+  try {
+    return (await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(2000) })).status;
+  } catch {
+    return 0;
+  }
+}
+
+async function waitReadyz(bases, status, what) {
+  await step(what, async () => {
+    const deadline = Date.now() + TIMEOUT;
+    for (;;) {
+      const got = await Promise.all(bases.map(readyz));
+      if (got.every((s) => s === status)) return;
+      if (Date.now() > deadline) throw new Error(`readyz ${got.join(', ')}`);
+      await sleep(100);
+    }
+  });
+}
+
+/**
+ * Issue 15: RabbitMQ's memory alarm blocks every publisher. Erin's message during the alarm
+ * must fail fast as `unavailable` (not posted), with a Retry that says it is safe; after the
+ * alarm, Retry posts it exactly once: on erin's page, on frank's (other gateway) and in the
+ * archive. The alarm is always lifted again, whatever happens.
+ */
+async function alarmPhase(browser, pages) {
+  const tag = Math.random().toString(36).slice(2, 8);
+  const room = `alarm-${tag}`;
+  const e = await newPage(browser);
+  const f = await newPage(browser);
+  pages.push(['erin', e], ['frank', f]);
+  const te = watch(e, 'page E');
+  const tf = watch(f, 'page F');
+  await e.addInitScript(spyOnSockets);
+  await join(e, baseA, 'erin', { room });
+  await join(f, baseB, 'frank', { room });
+  await exchange(e, 'erin', f, 'frank', `before the alarm ${tag}`);
+
+  const text = `said during a memory alarm ${tag}`;
+  try {
+    alarmRaised = true; // before the command: a timeout may still have raised it
+    rabbitmqctl('set_vm_memory_high_watermark', '0.000001');
+    console.log('#   raised the memory alarm (vm_memory_high_watermark 0.000001)');
+    await waitReadyz([baseA, baseB], 503, 'both gateways report the blocked broker (/readyz 503)');
+    const sentAt = Date.now();
+    await say(e, text);
+    await step('erin: the message shows as failed (unavailable)', () => e.waitForFunction(
+      (t) => [...document.querySelectorAll('#messages .msg.failed')]
+        .some((m) => m.querySelector('.text')?.textContent === t),
+      text, { timeout: TIMEOUT, polling: 20 },
+    ));
+    const took = Date.now() - sentAt;
+    console.log(`#   the page showed the failure ${took} ms after Enter`);
+    check(took < 2000, 'erin: the failure shows quickly (under 2 s), not after the publish timeout', `${took} ms`);
+    const shown = await e.evaluate((t) => {
+      const m = [...document.querySelectorAll('#messages .msg')]
+        .find((x) => x.querySelector('.text')?.textContent === t);
+      return {
+        error: m.querySelector('.error-text')?.textContent ?? '',
+        safe: m.querySelector('.error-safe')?.textContent ?? '',
+        retry: !!m.querySelector('button.retry'),
+        codes: window.__e2eSockets.at(-1).frames.filter((x) => x.type === 'error').map((x) => x.code),
+      };
+    }, text);
+    check(shown.codes.includes('unavailable'), 'erin got the error code unavailable', shown.codes.join(','));
+    check(shown.retry && /safe/i.test(shown.safe) && /twice/i.test(shown.safe),
+      'erin: a Retry button, and the page says retrying is safe', JSON.stringify(shown));
+    const stored = await storedOutbox(e, room);
+    check(stored.length === 1 && stored[0].code === 'unavailable',
+      'erin: the failed message stays stored with its id', JSON.stringify(stored));
+    await e.screenshot({ path: path.join(SHOTS, 'alarm-failed-desktop.png') });
+    await e.setViewportSize({ width: 375, height: 740 });
+    await e.waitForTimeout(200);
+    await e.screenshot({ path: path.join(SHOTS, 'alarm-failed-phone.png') });
+    await e.setViewportSize({ width: 1280, height: 800 });
+  } finally {
+    liftAlarm();
+  }
+  await waitReadyz([baseA, baseB], 200, 'both gateways are ready again after the alarm (/readyz 200)');
+  check((await find(f, text)).length === 0, 'frank never got the refused message before the retry');
+
+  const firstId = await e.evaluate(() => window.__e2eSockets.at(-1).says.at(-1)?.id);
+  await e.click('#messages .msg.failed button.retry');
+  await waitForText(f, text, 'frank after the retry');
+  const id = await step("erin's retried message is acked", () => ackedId(e, text));
+  check(id === firstId, 'the retry carried the id of the first attempt, and the ack has it', `${id} vs ${firstId}`);
+  await e.waitForTimeout(500);
+  const mine = await find(e, text);
+  const theirs = await find(f, text);
+  check(mine.length === 1 && !mine[0].failed && !mine[0].pending, 'erin shows it once, sent', JSON.stringify(mine));
+  check(theirs.length === 1 && theirs[0].id === id, 'frank (gateway B) shows it once, under the same id',
+    JSON.stringify(theirs));
+  check((await storedOutbox(e, room)).length === 0, 'erin: the confirmed message left the storage');
+  await onceInArchive(room, text, id);
+  await e.screenshot({ path: path.join(SHOTS, 'alarm-retried-desktop.png') });
+  await f.screenshot({ path: path.join(SHOTS, 'alarm-retried-frank.png') });
+  await e.setViewportSize({ width: 375, height: 740 });
+  await e.waitForTimeout(200);
+  await e.screenshot({ path: path.join(SHOTS, 'alarm-retried-phone.png') });
+  noTrouble(te.concat(tf));
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -661,6 +1041,10 @@ async function main() {
     const chatPages = await phase('chat', (pages) => chatPhase(browser, pages));
     await phase('metrics', () => metricsPhase());
     for (const [, page] of chatPages) await page.context().close().catch(() => {});
+    for (const [name, fn] of [['heartbeat', heartbeatPhase], ['reload', reloadPhase], ['alarm', alarmPhase]]) {
+      const pages = await phase(name, (p) => fn(browser, p));
+      for (const [, page] of pages) await page.context().close().catch(() => {});
+    }
     await phase('failover', (pages) => failoverPhase(browser, pages));
     console.log(`# screenshots in ${SHOTS}`);
   } finally {
@@ -668,7 +1052,16 @@ async function main() {
   }
 }
 
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    liftAlarm();
+    console.log(`chat e2e: interrupted by ${signal}`);
+    process.exit(1);
+  });
+}
+
 const watchdog = setTimeout(() => {
+  liftAlarm();
   console.error(`FAIL: the run took longer than ${WATCHDOG_MS} ms`);
   console.log(`chat e2e: ${passed} passed, ${failed + 1} failed`);
   process.exit(1);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests of all crates against a real RabbitMQ (which
 # is installed and started if needed) and real SQLite files, then the browser end-to-end
-# test in headless Chromium against the real services.
+# test in headless Chromium against the real services; between them the unit tests of the page's
+# modules that do not touch the DOM (node --test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -16,4 +17,6 @@ if [[ -f "$report" ]]; then
   step "reliability counts (fault tests)"
   cat "$report"
 fi
+step "page unit tests (node --test: the connection, the outbox, the normaliser, UUIDv7)"
+node --test static/test/
 scripts/e2e.sh

@@ -1,6 +1,7 @@
-//! The gateway's plain HTTP surface on warp: the page (`/`, `/app.js`, `/style.css`,
-//! embedded in the binary so it runs from any directory) and the probes and metrics
-//! (`/livez`, `/readyz`, `/healthz`, `/metrics`, see `chat_core::probes`).
+//! The gateway's plain HTTP surface on warp: the page (`/`, `/style.css` and the ES
+//! modules `/app.js`, `/connection.js`, …, embedded in the binary so it runs from any
+//! directory) and the probes and metrics (`/livez`, `/readyz`, `/healthz`, `/metrics`,
+//! see `chat_core::probes`).
 //! The websocket (`/ws`) is upgraded in `upgrade.rs`. The page is served with a Content-Security-Policy that forbids inline
 //! script, so even a rendering bug could not turn user text into running code.
 
@@ -15,8 +16,16 @@ use chat_core::probes;
 use crate::State;
 
 const INDEX_HTML: &str = include_str!("../../static/index.html");
-const APP_JS: &str = include_str!("../../static/app.js");
 const STYLE_CSS: &str = include_str!("../../static/style.css");
+/// The page's ES modules, by file name: `app.js` is the entry point, which imports the rest.
+const SCRIPTS: &[(&str, &str)] = &[
+    ("app.js", include_str!("../../static/app.js")),
+    ("connection.js", include_str!("../../static/connection.js")),
+    ("normalize.js", include_str!("../../static/normalize.js")),
+    ("pending.js", include_str!("../../static/pending.js")),
+    ("render.js", include_str!("../../static/render.js")),
+    ("uuid.js", include_str!("../../static/uuid.js")),
+];
 
 /// The policy for the page: only our own script and styles, websockets to any host (the
 /// page may be given other gateways' URLs to fail over to).
@@ -31,10 +40,18 @@ pub fn routes(
     page().or(probes(state)).recover(not_found)
 }
 
-/// GET /, /app.js, /style.css
+/// GET /, /style.css and the scripts (/app.js, /connection.js, … see `SCRIPTS`)
 fn page() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let index = warp::path::end().map(|| asset(INDEX_HTML, "text/html; charset=utf-8"));
-    let js = warp::path!("app.js").map(|| asset(APP_JS, "text/javascript; charset=utf-8"));
+    let js = warp::path::param::<String>()
+        .and(warp::path::end())
+        .and_then(|file: String| async move {
+            SCRIPTS
+                .iter()
+                .find(|(name, _)| *name == file)
+                .map(|(_, body)| asset(body, "text/javascript; charset=utf-8"))
+                .ok_or_else(warp::reject::not_found)
+        });
     let css = warp::path!("style.css").map(|| asset(STYLE_CSS, "text/css; charset=utf-8"));
     warp::get().and(index.or(js).unify().or(css).unify())
 }
