@@ -6,7 +6,7 @@ mod support;
 use chat_core::testkit::{eventually, http_get, unique_prefix, Broker};
 use chat_core::{Event, EventKind};
 use serde_json::{json, Value};
-use support::{start_archiver, start_gateway, start_logger, Client, WAIT};
+use support::{start_archiver, start_gateway, start_logger, Client, Spy, WAIT};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -44,13 +44,7 @@ async fn a_message_said_on_one_gateway_reaches_a_client_of_another_gateway() {
 async fn a_say_is_acked_with_the_id_of_the_event_it_published() {
     let prefix = unique_prefix("ack");
     let broker = Broker::connect(&prefix).await;
-    // A queue of our own on the exchange shows exactly what the gateway published.
-    let channel = broker.connection.create_channel().await.unwrap();
-    broker
-        .topology
-        .declare_subscriber_queue(&channel, "spy")
-        .await
-        .unwrap();
+    let spy = Spy::bind(&broker).await;
     let gateway = start_gateway(&prefix, &[]).await;
     let mut alice = Client::connect(&gateway).await;
     alice.join("lobby", "alice").await;
@@ -60,12 +54,7 @@ async fn a_say_is_acked_with_the_id_of_the_event_it_published() {
     assert_eq!(ack["ref"], "c-17");
     let id = ack["id"].as_str().unwrap();
 
-    let published: Vec<Event> = broker
-        .drain(&broker.topology.subscriber_queue("spy"))
-        .await
-        .iter()
-        .map(|body| Event::decode(body).unwrap())
-        .collect();
+    let published = spy.published(&broker).await;
     let message = published
         .iter()
         .find(|e| e.kind == EventKind::Message)
@@ -77,12 +66,7 @@ async fn a_say_is_acked_with_the_id_of_the_event_it_published() {
         .any(|e| e.kind == EventKind::Join && e.user == "alice"));
 
     gateway.stop().await;
-    let _ = channel
-        .queue_delete(
-            broker.topology.subscriber_queue("spy").into(),
-            Default::default(),
-        )
-        .await;
+    spy.close(&broker).await;
     broker.cleanup().await;
 }
 
@@ -513,13 +497,7 @@ async fn read_until(socket: &mut tokio::net::TcpStream, received: &mut Vec<u8>, 
 async fn a_resent_message_is_posted_once_whichever_gateway_gets_the_resend() {
     let prefix = unique_prefix("resend");
     let broker = Broker::connect(&prefix).await;
-    // A queue of our own on the exchange shows exactly what the gateways published.
-    let channel = broker.connection.create_channel().await.unwrap();
-    broker
-        .topology
-        .declare_subscriber_queue(&channel, "spy")
-        .await
-        .unwrap();
+    let spy = Spy::bind(&broker).await;
     let one = start_gateway(&prefix, &[]).await;
     let two = start_gateway(&prefix, &[]).await;
     let mut alice = Client::connect(&one).await;
@@ -558,18 +536,13 @@ async fn a_resent_message_is_posted_once_whichever_gateway_gets_the_resend() {
     let changed = alice.say_with_id("lobby", "only twice", &id, "x2").await;
     assert_eq!(changed["code"], "conflict", "{changed}");
 
-    let published: Vec<Event> = broker
-        .drain(&broker.topology.subscriber_queue("spy"))
-        .await
-        .iter()
-        .map(|body| Event::decode(body).unwrap())
-        .collect();
+    let published = spy.published(&broker).await;
     let copies: Vec<&Event> = published.iter().filter(|e| e.id == id).collect();
     assert_eq!(copies.len(), 1, "published once: {copies:?}");
     assert_eq!(copies[0].text.as_deref(), Some("only once"));
     one.stop().await;
     two.stop().await;
-    let _ = channel.close(200, "done".into()).await;
+    spy.close(&broker).await;
     broker.cleanup().await;
 }
 

@@ -467,6 +467,45 @@ pub async fn archived(addr: SocketAddr, room: &str) -> Vec<Value> {
     page["events"].as_array().cloned().unwrap_or_default()
 }
 
+/// A queue of the test's own on the events exchange: it shows exactly what was published.
+pub struct Spy {
+    channel: lapin::Channel,
+}
+
+impl Spy {
+    pub async fn bind(broker: &chat_core::testkit::Broker) -> Self {
+        let channel = broker.connection.create_channel().await.unwrap();
+        broker
+            .topology
+            .declare_subscriber_queue(&channel, "spy")
+            .await
+            .unwrap();
+        Self { channel }
+    }
+
+    /// Every event published since [`Spy::bind`], in order.
+    pub async fn published(&self, broker: &chat_core::testkit::Broker) -> Vec<chat_core::Event> {
+        broker
+            .drain(&broker.topology.subscriber_queue("spy"))
+            .await
+            .iter()
+            .map(|body| chat_core::Event::decode(body).unwrap())
+            .collect()
+    }
+
+    /// Deletes the spy queue (`Broker::cleanup` does not know it).
+    pub async fn close(self, broker: &chat_core::testkit::Broker) {
+        let _ = self
+            .channel
+            .queue_delete(
+                broker.topology.subscriber_queue("spy").into(),
+                Default::default(),
+            )
+            .await;
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
 /// Appends a line of counts to the reliability report that `scripts/test.sh` prints.
 pub fn report(line: &str) {
     use std::io::Write;
