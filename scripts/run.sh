@@ -15,14 +15,17 @@ export DATABASE_URL="${DATABASE_URL:-sqlite://data/archive.db}"
 mkdir -p data logs
 
 pids=()
-stop_all() {
+stop_all() { # exit status
+  local code=${1:-0}
   trap - INT TERM EXIT
   step "stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
   echo "stopped; logs are in logs/"
+  exit "$code"
 }
-trap stop_all INT TERM EXIT
+trap 'stop_all 0' INT TERM
+trap 'stop_all $?' EXIT
 
 start() { # name, then the command
   local name=$1; shift
@@ -50,4 +53,6 @@ The chat is running:
 Press Ctrl-C to stop.
 INFO
 wait -n "${pids[@]}" || true
+# Only reached when a service exited by itself: Ctrl-C ends the script in stop_all.
 echo "a service exited; see logs/" >&2
+stop_all 1

@@ -31,7 +31,8 @@ pub struct Config {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub http: chat_core::http::HttpArgs,
-    /// The chat log file; its directory is created if missing.
+    /// The chat log file. The logger creates it (and its directory) if missing; `tail`
+    /// needs it to exist.
     #[arg(long, env = "LOG_FILE", default_value = "data/chat.log", global = true)]
     pub log_file: PathBuf,
     /// Also print each line to stdout.
