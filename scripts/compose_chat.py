@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -207,6 +208,47 @@ def api_events():
     return http_json(url)["events"]
 
 
+def prom_query(expr):
+    url = f"http://127.0.0.1:{PROM_PORT}/api/v1/query?query={urllib.parse.quote(expr)}"
+    try:
+        body = http_json(url)
+    except urllib.error.HTTPError as err:
+        body = json.load(err)
+    if body.get("status") != "success":
+        fail(f"Prometheus rejects {expr!r}: {body.get('error')}")
+    return body["data"]["result"]
+
+
+# Dashboard panels that must show data after a chat (the others count faults).
+PANELS_WITH_DATA = {"Chat throughput", "Delivery latency", "Publish confirm time",
+                    "Archive lag", "Clients"}
+
+
+def dashboard_queries():
+    """Every query of deploy/grafana-dashboard.json is valid PromQL for this Prometheus, and
+    the panels about traffic show data after the chat above (rates need two scrapes, so
+    this may take a scrape interval or two)."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "grafana-dashboard.json")) as f:
+        panels = json.load(f)["panels"]
+
+    def empty_panels():
+        empty = []
+        for panel in panels:
+            exprs = [t["expr"].replace("$__rate_interval", "1m") for t in panel["targets"]]
+            results = [prom_query(e) for e in exprs]
+            if panel["title"] in PANELS_WITH_DATA and not any(results):
+                empty.append(panel["title"])
+        return empty
+
+    deadline = time.monotonic() + 60
+    while empty := empty_panels():
+        if time.monotonic() > deadline:
+            fail(f"dashboard panels without data after a chat: {empty}")
+        time.sleep(5)
+    ok(f"the {len(panels)} dashboard panels' queries run; throughput, latency, confirm "
+       "time, archive lag and clients show data")
+
+
 async def main():
     print(f"  room {ROOM}")
     alice, bob = await two_clients_on_different_gateways()
@@ -257,6 +299,7 @@ async def main():
     if not any(r["name"] == "ChatBrokerDisconnected" for g in rules for r in g["rules"]):
         fail("Prometheus did not load the alert rules")
     ok("Prometheus scrapes gateway-1, gateway-2, archiver and logger, and loaded the alerts")
+    dashboard_queries()
 
     # 5. Restart gateway-1; its client resumes on gw-2 with `since`, without a gap.
     on_gw1, other = (alice, bob) if alice.gateway == "gw-1" else (bob, alice)
