@@ -9,7 +9,7 @@ check are exercised too. Steps, each printed as it passes:
 
 1. two clients land on different gateways (the `gateway` of their `hello`) and chat both
    ways in a fresh room;
-2. the chat log on the logger's volume has the lines (`docker compose exec logger`);
+2. the chat log file on the logger's volume has the lines (`docker compose exec logger`);
 3. the archive has them: `archiver history` in the archiver's container, and
    `/api/rooms/{room}/events` through the proxy;
 4. Prometheus scrapes all four services and counted the messages;
@@ -196,7 +196,9 @@ async def two_clients_on_different_gateways():
 
 
 def log_lines():
-    return compose("exec", "-T", "logger", "logger", "tail", "--room", ROOM)
+    """The chat log file on the logger's volume, this room's lines (`<time> #room <user> text`)."""
+    text = compose("exec", "-T", "logger", "cat", "/var/lib/chat/log/chat.log")
+    return "\n".join(line for line in text.splitlines() if f" #{ROOM} " in line)
 
 
 def history_lines():
@@ -269,7 +271,7 @@ async def main():
         "chat log lines",
         lambda: f"<alice> {a_text}" in log_lines() and f"<bob> {b_text}" in log_lines(),
     )
-    ok(f"logger tail --room {ROOM} (chat log on the chatlog volume) has both lines")
+    ok("the chat log file on the logger's volume has both lines")
 
     # 3. The archive: the CLI in the archiver's container, and the API through the proxy.
     eventually(
