@@ -201,9 +201,11 @@ ensure_standins() {
     rm -rf "$ctx"
     mkdir -p "$ctx/toolchain"
     # Everything but the documentation (share/doc is most of a toolchain's size).
+    # Hard links when the toolchain is on the same file system, copies otherwise.
     for part in bin lib libexec etc; do
-      [[ -e $sysroot/$part ]] && cp -al "$sysroot/$part" "$ctx/toolchain/" 2>/dev/null ||
-        cp -a "$sysroot/$part" "$ctx/toolchain/"
+      if [[ -e $sysroot/$part ]]; then
+        cp -al "$sysroot/$part" "$ctx/toolchain/" 2>/dev/null || cp -a "$sysroot/$part" "$ctx/toolchain/"
+      fi
     done
     cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
     cp $dir/rust/Dockerfile "$ctx/"
