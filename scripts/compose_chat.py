@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Chats through a running compose system, as a user would, and checks what the system made
+of it. scripts/compose-test.sh runs it after `docker compose up --wait`; it reads the
+project from the environment: DOCKER, PROJECT, ENV_FILE, HTTP_PORT, PROMETHEUS_PORT.
+
+Every websocket goes through the nginx proxy's published port, with a browser's Origin for
+a public host name on that port, so the proxy's Host handling and the gateways' Origin
+check are exercised too. Steps, each printed as it passes:
+
+1. two clients land on different gateways (the `gateway` of their `hello`) and chat both
+   ways in a fresh room;
+2. the chat log file on the logger's volume has the lines (`docker compose exec logger`);
+3. the archive has them: `archiver history` in the archiver's container, and
+   `/api/rooms/{room}/events` through the proxy;
+4. Prometheus scrapes all four services and counted the messages;
+5. gateway-1 is restarted: its client is dropped, reconnects through the proxy, lands on
+   gw-2 while gw-1 is down, and resumes with `join` + `since` without a gap (the messages
+   sent while it was away come as history, none twice); gw-1 serves again afterwards;
+6. with the logger stopped, a message waits in the logger's durable queue; `docker compose
+   down` and `up` again: the archive still has the room, and the logger, back, writes the
+   waiting message (the queue and the message survived on the broker's volume).
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+from websockets.asyncio.client import connect
+
+DOCKER = os.environ.get("DOCKER", "docker")
+PROJECT = os.environ["PROJECT"]
+ENV_FILE = os.environ["ENV_FILE"]
+PORT = int(os.environ["HTTP_PORT"])
+PROM_PORT = int(os.environ["PROMETHEUS_PORT"])
+# A public name on a non-default port, as a browser would send it; it only needs to reach
+# 127.0.0.1 here, so the socket is opened to that address (see Client.open).
+PUBLIC_HOST = f"chat.example.test:{PORT}"
+ROOM = "compose-" + uuid.uuid4().hex[:8]
+
+passed = 0
+
+
+def ok(what):
+    global passed
+    passed += 1
+    print(f"  ok  {what}", flush=True)
+
+
+def fail(what):
+    print(f"  FAIL  {what}", flush=True)
+    sys.exit(1)
+
+
+def compose(*args, check=True, timeout=300):
+    cmd = [DOCKER, "compose", "-p", PROJECT, "--env-file", ENV_FILE, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        fail(f"{' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def http_json(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def eventually(what, probe, timeout=30.0):
+    """Calls probe() until it returns a true value or timeout seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except Exception as err:  # noqa: BLE001 - retried, reported below if it persists
+            last = err
+        time.sleep(0.5)
+    fail(f"{what}: not after {timeout:.0f}s (last: {last!r})")
+
+
+class Client:
+    """One chat user on one websocket through the proxy."""
+
+    def __init__(self, name):
+        self.name = name
+        self.ws = None
+        self.gateway = None
+        self.seen = []  # ids of the room's message events, in the order received
+        self.texts = []  # their texts
+        self.frames = asyncio.Queue()
+
+    async def open(self):
+        self.ws = await connect(
+            f"ws://{PUBLIC_HOST}/ws",
+            host="127.0.0.1",
+            port=PORT,
+            origin=f"http://{PUBLIC_HOST}",
+            open_timeout=10,
+        )
+        hello = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+        if hello.get("type") != "hello":
+            fail(f"{self.name}: first frame is not hello: {hello}")
+        self.gateway = hello["gateway"]
+        self.frames = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+        return self.gateway
+
+    async def _read(self):
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                if frame.get("type") == "event":
+                    self._note(frame["event"])
+                await self.frames.put(frame)
+        except Exception:  # noqa: BLE001 - a dropped connection ends the reader
+            pass
+        await self.frames.put({"type": "closed"})
+
+    def _note(self, event):
+        if event.get("type") == "message" and event.get("room") == ROOM:
+            self.seen.append(event["id"])
+            self.texts.append(event["text"])
+
+    async def expect(self, pred, what, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                fail(f"{self.name} ({self.gateway}): no {what} within {timeout}s")
+            try:
+                frame = await asyncio.wait_for(self.frames.get(), left)
+            except asyncio.TimeoutError:
+                continue
+            if frame.get("type") == "error":
+                fail(f"{self.name}: error frame while waiting for {what}: {frame}")
+            if frame.get("type") == "closed" and what != "close":
+                fail(f"{self.name}: connection closed while waiting for {what}")
+            if pred(frame):
+                return frame
+
+    async def join(self, since=None):
+        ref = uuid.uuid4().hex[:8]
+        req = {"type": "join", "room": ROOM, "name": self.name, "ref": ref}
+        if since:
+            req["since"] = since
+        await self.ws.send(json.dumps(req))
+        joined = await self.expect(
+            lambda f: f.get("type") == "joined" and f.get("ref") == ref, "joined"
+        )
+        for event in joined["history"]:
+            self._note(event)
+        return joined
+
+    async def say(self, text):
+        ref = uuid.uuid4().hex[:8]
+        await self.ws.send(json.dumps({"type": "say", "room": ROOM, "text": text, "ref": ref}))
+        ack = await self.expect(lambda f: f.get("type") == "ack" and f.get("ref") == ref, "ack")
+        return ack["id"]
+
+    async def receives(self, text):
+        if text in self.texts:
+            return
+        await self.expect(
+            lambda f: f.get("type") == "event" and f["event"].get("text") == text,
+            f"event {text!r}",
+        )
+
+    async def close(self):
+        if self.ws is not None:
+            await self.ws.close()
+            self.reader.cancel()
+
+
+async def two_clients_on_different_gateways():
+    alice, bob = Client("alice"), Client("bob")
+    await alice.open()
+    # nginx sends each new websocket to the gateway holding fewer (least_conn): the second
+    # lands on the other one. Retry a few times in case another client held one.
+    for _ in range(5):
+        await bob.open()
+        if bob.gateway != alice.gateway:
+            break
+        await bob.close()
+    if bob.gateway == alice.gateway:
+        fail(f"both clients land on {alice.gateway}")
+    ok(f"alice on {alice.gateway}, bob on {bob.gateway}, both through the proxy on :{PORT}")
+    return alice, bob
+
+
+def log_lines():
+    """The chat log file on the logger's volume, this room's lines (`<time> #room <user> text`)."""
+    text = compose("exec", "-T", "logger", "cat", "/var/lib/chat/log/chat.log")
+    return "\n".join(line for line in text.splitlines() if f" #{ROOM} " in line)
+
+
+def history_lines():
+    return compose("exec", "-T", "archiver", "archiver", "history", ROOM, "--limit", "100")
+
+
+def api_events():
+    url = f"http://127.0.0.1:{PORT}/api/rooms/{ROOM}/events?limit=100"
+    return http_json(url)["events"]
+
+
+def prom_query(expr):
+    url = f"http://127.0.0.1:{PROM_PORT}/api/v1/query?query={urllib.parse.quote(expr)}"
+    try:
+        body = http_json(url)
+    except urllib.error.HTTPError as err:
+        body = json.load(err)
+    if body.get("status") != "success":
+        fail(f"Prometheus rejects {expr!r}: {body.get('error')}")
+    return body["data"]["result"]
+
+
+# Dashboard panels that must show data after a chat (the others count faults).
+PANELS_WITH_DATA = {"Chat throughput", "Delivery latency", "Publish confirm time",
+                    "Archive lag", "Clients"}
+
+
+def dashboard_queries():
+    """Every query of deploy/grafana-dashboard.json is valid PromQL for this Prometheus, and
+    the panels about traffic show data after the chat above (rates need two scrapes, so
+    this may take a scrape interval or two)."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "grafana-dashboard.json")) as f:
+        panels = json.load(f)["panels"]
+
+    def empty_panels():
+        empty = []
+        for panel in panels:
+            exprs = [t["expr"].replace("$__rate_interval", "1m") for t in panel["targets"]]
+            results = [prom_query(e) for e in exprs]
+            if panel["title"] in PANELS_WITH_DATA and not any(results):
+                empty.append(panel["title"])
+        return empty
+
+    deadline = time.monotonic() + 60
+    while empty := empty_panels():
+        if time.monotonic() > deadline:
+            fail(f"dashboard panels without data after a chat: {empty}")
+        time.sleep(5)
+    ok(f"the {len(panels)} dashboard panels' queries run; throughput, latency, confirm "
+       "time, archive lag and clients show data")
+
+
+async def main():
+    print(f"  room {ROOM}")
+    alice, bob = await two_clients_on_different_gateways()
+
+    # 1. Both ways.
+    await alice.join()
+    await bob.join()
+    a_text = f"hello from alice on {alice.gateway}"
+    b_text = f"hello from bob on {bob.gateway}"
+    a_id = await alice.say(a_text)
+    await bob.receives(a_text)
+    b_id = await bob.say(b_text)
+    await alice.receives(b_text)
+    ok("alice -> bob and bob -> alice across the gateways, each acked after the broker's confirm")
+
+    # 2. The chat log, on the logger's volume.
+    eventually(
+        "chat log lines",
+        lambda: f"<alice> {a_text}" in log_lines() and f"<bob> {b_text}" in log_lines(),
+    )
+    ok("the chat log file on the logger's volume has both lines")
+
+    # 3. The archive: the CLI in the archiver's container, and the API through the proxy.
+    eventually(
+        "archiver history",
+        lambda: f"<alice> {a_text}" in history_lines() and f"<bob> {b_text}" in history_lines(),
+    )
+    ok(f"archiver history {ROOM} (archive on the archive volume) has both lines")
+    eventually("API events", lambda: {a_id, b_id} <= {e["id"] for e in api_events()})
+    ok(f"GET /api/rooms/{ROOM}/events through the proxy has both events")
+
+    # 4. Prometheus scrapes every service and saw the messages.
+    def targets_up():
+        data = http_json(f"http://127.0.0.1:{PROM_PORT}/api/v1/targets")["data"]
+        up = {t["labels"]["instance"] for t in data["activeTargets"] if t["health"] == "up"}
+        return up >= {"gateway-1:3000", "gateway-2:3000", "archiver:3100", "logger:3200"}
+
+    eventually("Prometheus targets up", targets_up, timeout=60)
+
+    def published():
+        q = "sum(chat_events_published_total)"
+        url = f"http://127.0.0.1:{PROM_PORT}/api/v1/query?query={urllib.parse.quote(q)}"
+        result = http_json(url)["data"]["result"]
+        return result and float(result[0]["value"][1]) >= 4  # 2 joins, 2 messages
+
+    eventually("chat_events_published_total scraped", published, timeout=60)
+    rules = http_json(f"http://127.0.0.1:{PROM_PORT}/api/v1/rules")["data"]["groups"]
+    if not any(r["name"] == "ChatBrokerDisconnected" for g in rules for r in g["rules"]):
+        fail("Prometheus did not load the alert rules")
+    ok("Prometheus scrapes gateway-1, gateway-2, archiver and logger, and loaded the alerts")
+    dashboard_queries()
+
+    # 5. Restart gateway-1; its client resumes on gw-2 with `since`, without a gap.
+    on_gw1, other = (alice, bob) if alice.gateway == "gw-1" else (bob, alice)
+    last_seen = on_gw1.seen[-1]
+    compose("stop", "gateway-1")
+    await on_gw1.expect(lambda f: f.get("type") == "closed", "close", timeout=30)
+    gap = [f"sent while gw-1 is down, #{i}" for i in range(3)]
+    for text in gap:
+        await other.say(text)
+    await on_gw1.open()
+    if on_gw1.gateway != "gw-2":
+        fail(f"{on_gw1.name} reconnected to {on_gw1.gateway} while gw-1 is stopped")
+    await on_gw1.join(since=last_seen)
+    for text in gap:
+        await on_gw1.receives(text)
+    if len(on_gw1.seen) != len(set(on_gw1.seen)):
+        fail(f"{on_gw1.name} got an event twice: {on_gw1.seen}")
+    if on_gw1.seen != other.seen:
+        fail(f"{on_gw1.name} saw {on_gw1.texts}, {other.name} saw {other.texts}")
+    ok(f"gateway-1 stopped: {on_gw1.name} resumed on gw-2 with since, the 3 messages "
+       "sent meanwhile came as history, none missing or twice")
+    compose("start", "gateway-1")
+    compose("up", "-d", "--wait", "--no-recreate", "--no-build")
+    # least_conn: with both clients on gw-2, the next websocket goes to gw-1 if the proxy
+    # still reaches it (a restarted container can come back under a new address).
+    probe = Client("carol")
+
+    async def lands_on_gw1():
+        for _ in range(20):
+            await probe.open()
+            gw = probe.gateway
+            await probe.close()
+            if gw == "gw-1":
+                return True
+            await asyncio.sleep(1)
+        return False
+
+    if not await lands_on_gw1():
+        fail("after its restart, gw-1 gets no websocket through the proxy")
+    ok("gateway-1 started again and serves through the proxy")
+    final = f"after the restart, from {other.name}"
+    await other.say(final)
+    await on_gw1.receives(final)
+    await alice.close()
+    await bob.close()
+
+    # 6. A message waits in the logger's durable queue across `down` and `up`.
+    compose("stop", "logger")
+    dave = Client("dave")
+    await dave.open()
+    await dave.join()
+    waiting = "written while the logger is stopped"
+    await dave.say(waiting)
+    await dave.close()
+    eventually("archived before down", lambda: f"<dave> {waiting}" in history_lines())
+    queues = compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_queues", "name",
+                     "durable", "messages")
+    logger_q = [line.split() for line in queues.splitlines() if line.startswith("chat.logger")]
+    if not logger_q or logger_q[0][1] != "true" or int(logger_q[0][2]) < 1:
+        fail(f"chat.logger is not durable or holds nothing: {queues}")
+    ok(f"logger stopped: {logger_q[0][2]} message(s) wait in the durable queue chat.logger")
+
+    compose("down", "--timeout", "20")
+    ok("docker compose down (volumes kept)")
+    compose("up", "-d", "--wait", "--no-build")
+    ok("docker compose up -d --wait again")
+    history = history_lines()
+    for text in [a_text, b_text, *gap, final, waiting]:
+        if text not in history:
+            fail(f"archive lost {text!r} across down/up:\n{history}")
+    ok("the archive kept every message across down/up")
+    eventually("logger catches up", lambda: f"<dave> {waiting}" in log_lines())
+    lines = log_lines()
+    if f"<alice> {a_text}" not in lines:
+        fail(f"the chat log lost the earlier lines:\n{lines}")
+    ok("the logger wrote the message that waited in its queue; the chat log kept the rest")
+    queues = compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_queues", "name",
+                     "durable")
+    for name in ("chat.logger", "chat.archiver", "chat.dead"):
+        if not any(line.split()[:2] == [name, "true"] for line in queues.splitlines()):
+            fail(f"durable queue {name} missing after down/up: {queues}")
+    ok("durable queues chat.logger, chat.archiver, chat.dead are there after down/up")
+
+    # The same client after a fresh start: chat still works end to end.
+    erin = Client("erin")
+    await erin.open()
+    await erin.join()
+    await erin.say("still here")
+    await erin.receives("still here")
+    await erin.close()
+    ok(f"a new client chats after down/up ({erin.gateway})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    print(f"compose-chat: {passed} passed, 0 failed")
