@@ -93,7 +93,7 @@ impl Client {
         let first_time = self.joined.insert(room.clone(), name.clone()).is_none();
         if first_time {
             let event = Event::new(EventKind::Join, &room, &name, None, &self.state.gateway_id);
-            if let Err(err) = self.state.link.publish_confirmed(&event).await {
+            if let Err(err) = self.state.link.publish_confirmed(event).await {
                 tracing::warn!(error = %err, "cannot announce a join");
                 self.joined.remove(&room);
                 self.state.rooms.leave(&room, self.conn);
@@ -189,23 +189,22 @@ impl Client {
                 }
             }
         }
-        let payload = event.to_json();
         // Publishing here, in the reader, keeps one client's messages in order; the confirm
         // is awaited beside it so the client can have many messages in flight.
-        let first = self.state.link.publish(&event, payload.as_bytes()).await;
-        let link = self.state.link.clone();
+        let publication = self.state.link.publish(event).await;
         let outbox = self.outbox.clone();
         let state = self.state.clone();
         self.confirms.spawn(async move {
-            let (outcome, error) = match link.confirm(first, &event, payload.as_bytes()).await {
+            let id = publication.event().id.clone();
+            let (outcome, error) = match publication.confirmed().await {
                 Ok(()) => (Outcome::Confirmed, None),
                 Err(err) => {
-                    tracing::warn!(error = %err, id = %event.id, "publish not confirmed");
+                    tracing::warn!(error = %err, %id, "publish not confirmed");
                     (err.outcome(), Some(err))
                 }
             };
-            state.says.settle(&event.id, outcome);
-            let frame = outcome_frame(outcome, r#ref.as_deref(), &event.id, error.as_ref());
+            state.says.settle(&id, outcome);
+            let frame = outcome_frame(outcome, r#ref.as_deref(), &id, error.as_ref());
             let _ = outbox.send(Outbound::Frame(frame.into())).await;
         });
     }
@@ -248,9 +247,10 @@ impl Client {
     fn announce_leave(&self, room: &str, name: &str) {
         let event = Event::new(EventKind::Leave, room, name, None, &self.state.gateway_id);
         let link = self.state.link.clone();
+        let room = room.to_owned();
         self.state.background.spawn(async move {
-            if let Err(err) = link.publish_confirmed(&event).await {
-                tracing::warn!(error = %err, room = %event.room, "cannot announce a leave");
+            if let Err(err) = link.publish_confirmed(event).await {
+                tracing::warn!(error = %err, %room, "cannot announce a leave");
             }
         });
     }
