@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::broker::{Blocked, Supervisor};
+
 use chat_core::topology::Topology;
 use lapin::Channel;
 use tokio::sync::watch;
@@ -27,7 +28,7 @@ use crate::rooms::Rooms;
 pub use publish::PublishError;
 
 /// The live channels while connected.
-struct Session {
+struct Channels {
     publisher: Channel,
     history: Channel,
     /// History requests waiting for their reply.
@@ -38,7 +39,7 @@ struct Session {
 #[derive(Clone)]
 pub struct Link {
     topology: Topology,
-    session: watch::Receiver<Option<Arc<Session>>>,
+    session: watch::Receiver<Option<Arc<Channels>>>,
     /// Set while the broker blocks the link's publishes (a memory or disk alarm).
     blocked: Arc<Blocked>,
     publish_timeout: Duration,
@@ -61,7 +62,7 @@ impl Link {
         self.blocked.reason()
     }
 
-    fn current(&self) -> Option<Arc<Session>> {
+    fn current(&self) -> Option<Arc<Channels>> {
         self.session.borrow().clone()
     }
 }
@@ -84,30 +85,20 @@ pub fn start(
         publish_timeout: config.publish_timeout(),
         history_timeout: config.history_timeout(),
     };
-    let amqp_url = config.broker.amqp_url.clone();
-    let prefetch = config.prefetch;
-    let task = tokio::spawn(async move {
-        let service = format!("gateway {gateway_id}");
-        let mut supervisor =
-            Supervisor::new(&amqp_url, &service, shutdown.clone()).report_blocked(blocked);
-        while let Some(connection) = supervisor.connect().await {
-            let outcome = session::run(
-                &connection,
-                &topology,
-                &rooms,
-                &says,
-                prefetch,
-                &state,
-                &mut supervisor,
-                &shutdown,
-            )
-            .await;
-            // Dropping the session fails every pending history request at once.
-            state.send_replace(None);
-            if !supervisor.ended(connection, outcome).await {
-                break;
-            }
-        }
-    });
+    let supervisor = Supervisor::new(
+        &config.broker.amqp_url,
+        &format!("gateway {gateway_id}"),
+        shutdown.clone(),
+    )
+    .report_blocked(blocked);
+    let mut session = session::LinkSession {
+        topology,
+        rooms,
+        says,
+        prefetch: config.prefetch,
+        channels: state,
+        shutdown,
+    };
+    let task = tokio::spawn(async move { supervisor.run(&mut session).await });
     (link, task)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chat_core::broker::Supervisor;
+use chat_core::broker::{self, Supervisor};
 use chat_core::topology::Topology;
 use chat_core::{Event, EventKind};
 use futures_util::{FutureExt, StreamExt};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::{LazyAck, Next};
 use super::history::{Waiting, REPLY_TO};
-use super::Session;
+use super::Channels;
 use crate::idempotency::{fingerprint, Says};
 use crate::rooms::Rooms;
 
@@ -32,18 +32,50 @@ const DELIVER_BATCH: usize = 256;
 /// Longest a delivery stays unacked when no more arrive.
 const ACK_DELAY: Duration = Duration::from_millis(25);
 
+/// What the link does on each broker connection.
+pub(super) struct LinkSession {
+    pub(super) topology: Topology,
+    /// Where consumed events go.
+    pub(super) rooms: Arc<Rooms>,
+    /// Told of every message consumed, so resends are recognised.
+    pub(super) says: Arc<Says>,
+    /// Unacked deliveries from the gateway's queue (`GATEWAY_PREFETCH`).
+    pub(super) prefetch: u16,
+    /// Where the [`Link`](super::Link) handles find the current session's channels.
+    pub(super) channels: watch::Sender<Option<Arc<Channels>>>,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl broker::Session for LinkSession {
+    async fn run(
+        &mut self,
+        connection: &Connection,
+        supervisor: &mut Supervisor,
+    ) -> anyhow::Result<()> {
+        run(connection, self, supervisor).await
+    }
+
+    fn down(&mut self) {
+        // Dropping the channels fails every pending history request at once.
+        self.channels.send_replace(None);
+    }
+}
+
 /// Runs one session on `connection`; `Ok` only on shutdown.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run(
+async fn run(
     connection: &Connection,
-    topology: &Topology,
-    rooms: &Rooms,
-    says: &Says,
-    prefetch: u16,
-    state: &watch::Sender<Option<Arc<Session>>>,
+    link: &LinkSession,
     supervisor: &mut Supervisor,
-    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let LinkSession {
+        topology,
+        rooms,
+        says,
+        prefetch,
+        channels: state,
+        shutdown,
+    } = link;
+    let prefetch = *prefetch;
     let publisher = connection
         .create_channel()
         .await
@@ -101,7 +133,7 @@ pub(super) async fn run(
         .context("Failed to consume direct replies")?;
 
     let waiting = Arc::new(Waiting::default());
-    state.send_replace(Some(Arc::new(Session {
+    state.send_replace(Some(Arc::new(Channels {
         publisher,
         history,
         waiting: waiting.clone(),
