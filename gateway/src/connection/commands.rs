@@ -15,7 +15,7 @@ use super::history;
 use crate::idempotency::{self, Claim, Outcome};
 use crate::link::PublishError;
 use crate::outbox;
-use crate::protocol::{Command, Rejection, ServerFrame};
+use crate::protocol::{Command, ErrorCode, Rejection, ServerFrame};
 use crate::rooms::{ConnId, Member, Outbound};
 use crate::State;
 
@@ -126,7 +126,7 @@ impl Client {
             return self
                 .reject(Rejection::new(
                     r#ref,
-                    "not_joined",
+                    ErrorCode::NotJoined,
                     format!("join {room:?} before saying something there"),
                 ))
                 .await;
@@ -161,7 +161,7 @@ impl Client {
                     return self
                         .reject(Rejection::new(
                             r#ref,
-                            "conflict",
+                            ErrorCode::Conflict,
                             "this id belongs to another message; make a new id for a new message",
                         ))
                         .await;
@@ -214,7 +214,7 @@ impl Client {
             return self
                 .reject(Rejection::new(
                     r#ref,
-                    "not_joined",
+                    ErrorCode::NotJoined,
                     format!("not in room {room:?}"),
                 ))
                 .await;
@@ -288,7 +288,7 @@ fn outcome_frame(
         Outcome::Confirmed => ServerFrame::Ack { r#ref, id }.encode(),
         Outcome::NotPublished => error_frame_text(
             r#ref,
-            "unavailable",
+            ErrorCode::Unavailable,
             &match error {
                 Some(PublishError::Blocked(reason)) => format!(
                     "the broker is refusing messages for now ({reason}); it was not posted: \
@@ -300,7 +300,7 @@ fn outcome_frame(
         ),
         Outcome::Unknown => error_frame_text(
             r#ref,
-            "unconfirmed",
+            ErrorCode::Unconfirmed,
             "the broker did not confirm the message, so it may or may not be posted: send it \
              again with the same id (it will not be posted twice)",
         ),
@@ -310,12 +310,12 @@ fn outcome_frame(
 fn unavailable(r#ref: Option<String>) -> Rejection {
     Rejection::new(
         r#ref,
-        "unavailable",
+        ErrorCode::Unavailable,
         "the broker is unavailable; try again shortly",
     )
 }
 
-pub(super) fn error_frame_text(r#ref: Option<&str>, code: &str, message: &str) -> String {
+pub(super) fn error_frame_text(r#ref: Option<&str>, code: ErrorCode, message: &str) -> String {
     ServerFrame::Error {
         r#ref,
         code,

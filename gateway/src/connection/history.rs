@@ -9,7 +9,7 @@ use chat_core::history::HistoryRequest;
 use super::catch_up;
 use super::commands::error_frame_text;
 use crate::outbox;
-use crate::protocol::ServerFrame;
+use crate::protocol::{ErrorCode, ServerFrame};
 use crate::rooms::{Joined, Outbound};
 use crate::State;
 
@@ -30,7 +30,7 @@ pub(super) async fn load(
             if let Some(reason) = &reply.since_error {
                 frames.push(error_frame_text(
                     r#ref.as_deref(),
-                    "bad_since",
+                    ErrorCode::BadSince,
                     &format!(
                         "cannot resume after {:?} ({reason}); here is the latest history instead",
                         request.since.as_deref().unwrap_or_default()
@@ -43,7 +43,7 @@ pub(super) async fn load(
             tracing::warn!(error = %err, room = %request.room, "history unavailable");
             frames.push(error_frame_text(
                 r#ref.as_deref(),
-                "history_unavailable",
+                ErrorCode::HistoryUnavailable,
                 &format!("the history could not be loaded: {err}"),
             ));
             Vec::new()

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::liveness::Heartbeat;
 use crate::outbox;
-use crate::protocol::{self, LimitsView, Rejection, ServerFrame};
+use crate::protocol::{self, ErrorCode, LimitsView, Rejection, ServerFrame};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::rooms::Outbound;
 use crate::ws::{self, frame, Incoming, ReadError};
@@ -100,7 +100,7 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
                 client
                     .reject(Rejection::new(
                         None,
-                        "rate_limited",
+                        ErrorCode::RateLimited,
                         format!(
                             "too many messages: at most {} per second",
                             state.config.rate_limit
@@ -127,7 +127,7 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
             client
                 .reject(Rejection::new(
                     None,
-                    "unsupported_frame",
+                    ErrorCode::UnsupportedFrame,
                     "send JSON text frames, not binary",
                 ))
                 .await;
