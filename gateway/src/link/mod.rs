@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::broker::{Blocked, Supervisor};
-
 use chat_core::topology::Topology;
 use lapin::Channel;
 use tokio::sync::watch;
@@ -76,7 +75,7 @@ pub fn start(
     gateway_id: String,
     shutdown: CancellationToken,
 ) -> (Link, tokio::task::JoinHandle<()>) {
-    let (state, session) = watch::channel(None);
+    let (channels, session) = watch::channel(None);
     let blocked = Arc::new(Blocked::default());
     let link = Link {
         topology: topology.clone(),
@@ -96,7 +95,7 @@ pub fn start(
         rooms,
         says,
         prefetch: config.prefetch,
-        channels: state,
+        channels,
         shutdown,
     };
     let task = tokio::spawn(async move { supervisor.run(&mut session).await });

@@ -72,7 +72,7 @@ async fn run(
         rooms,
         says,
         prefetch,
-        channels: state,
+        channels,
         shutdown,
     } = link;
     let prefetch = *prefetch;
@@ -133,7 +133,7 @@ async fn run(
         .context("Failed to consume direct replies")?;
 
     let waiting = Arc::new(Waiting::default());
-    state.send_replace(Some(Arc::new(Channels {
+    channels.send_replace(Some(Arc::new(Channels {
         publisher,
         history,
         waiting: waiting.clone(),
