@@ -72,7 +72,7 @@ fn rooms(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rejection
         })
 }
 
-/// GET /api/rooms/{room}/events?limit=50&before=<id>
+/// `GET /api/rooms/{room}/events?limit=50&before=<id>`
 fn room_events(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms" / String / "events")
         .and(warp::get())

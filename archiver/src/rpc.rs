@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chat_core::broker::Supervisor;
+use chat_core::broker::{Session, Supervisor};
 use chat_core::event::id_time;
 use chat_core::history::{HistoryReply, HistoryRequest, MAX_HISTORY};
 use chat_core::normalize;
@@ -34,22 +34,45 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
-    let mut supervisor = Supervisor::new(&amqp_url, "archiver-history", shutdown.clone())
+    let supervisor = Supervisor::new(&amqp_url, "archiver-history", shutdown.clone())
         .report_blocked(readiness.blocked.clone());
-    while let Some(connection) = supervisor.connect().await {
-        let outcome = serve(
-            &connection,
-            &topology,
-            &store,
-            &readiness,
-            &mut supervisor,
-            &shutdown,
-        )
+    supervisor
+        .run(&mut HistoryServer {
+            topology,
+            store,
+            readiness,
+            shutdown,
+        })
         .await;
-        readiness.set(false);
-        if !supervisor.ended(connection, outcome).await {
-            break;
-        }
+}
+
+/// What the history server does on each broker connection.
+struct HistoryServer {
+    topology: Topology,
+    store: Store,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+}
+
+impl Session for HistoryServer {
+    async fn run(
+        &mut self,
+        connection: &Connection,
+        supervisor: &mut Supervisor,
+    ) -> anyhow::Result<()> {
+        serve(
+            connection,
+            &self.topology,
+            &self.store,
+            &self.readiness,
+            supervisor,
+            &self.shutdown,
+        )
+        .await
+    }
+
+    fn down(&mut self) {
+        self.readiness.set(false);
     }
 }
 

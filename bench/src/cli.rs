@@ -215,7 +215,7 @@ pub struct ArchiveArgs {
     pub archiver: String,
     #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
     pub amqp_url: String,
-    /// CHAT_PREFIX of the running system: events go to <prefix>.events.
+    /// CHAT_PREFIX of the running system: events go to `<prefix>.events`.
     #[arg(long, env = "CHAT_PREFIX", default_value = "chat")]
     pub prefix: String,
     /// Events published per second.

@@ -1,6 +1,6 @@
 //! What the system under test costs, read from /proc: CPU time (utime + stime of the whole
-//! process, all threads included, from /proc/<pid>/stat) before and after a measured
-//! window, resident memory (VmRSS from /proc/<pid>/status, and VmData for what was
+//! process, all threads included, from `/proc/<pid>/stat`) before and after a measured
+//! window, resident memory (VmRSS from `/proc/<pid>/status`, and VmData for what was
 //! allocated whether touched or not), and the whole machine's busy time (/proc/stat), so
 //! that CPU used by anything else during a window shows up as noise.
 
@@ -30,7 +30,7 @@ impl std::str::FromStr for Proc {
     }
 }
 
-/// Clock ticks per second of the times in /proc/<pid>/stat.
+/// Clock ticks per second of the times in `/proc/<pid>/stat`.
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -41,7 +41,7 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-/// (utime, stime) in ticks from the text of /proc/<pid>/stat. The command name (field 2)
+/// (utime, stime) in ticks from the text of `/proc/<pid>/stat`. The command name (field 2)
 /// may contain spaces and parentheses, so fields are counted after its last `)`.
 pub fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
@@ -52,7 +52,7 @@ pub fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
-/// A `kB` field (`VmRSS`, `VmData`, …) from the text of /proc/<pid>/status.
+/// A `kB` field (`VmRSS`, `VmData`, …) from the text of `/proc/<pid>/status`.
 pub fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
@@ -98,7 +98,7 @@ pub fn rss_kb(pid: u32) -> io::Result<u64> {
     status_kb(pid, "VmRSS")
 }
 
-/// A `kB` field of /proc/<pid>/status.
+/// A `kB` field of `/proc/<pid>/status`.
 pub fn status_kb(pid: u32, field: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_status_kb(&status, field)

@@ -127,19 +127,12 @@ pub async fn connect_with_retry(
     }
 }
 
-/// Keeps a broker session alive across outages. The caller's loop is
-///
-/// ```ignore
-/// let mut supervisor = Supervisor::new(url, "logger", shutdown);
-/// while let Some(connection) = supervisor.connect().await {
-///     let outcome = session(&connection, &mut supervisor).await; // calls supervisor.up()
-///     if !supervisor.ended(connection, outcome).await { break; }
-/// }
-/// ```
-///
-/// so every session starts on a fresh connection and declares its topology again, and a
-/// failed session is logged with its cause and retried with backoff. A session returns
-/// `Ok` only when shutdown was requested.
+/// Keeps a broker session alive across outages: [`Supervisor::run`] connects, runs the
+/// service's [`Session`] on the connection, and after it ends calls its
+/// [`Session::down`] hook, closes the connection, and connects again after backoff. So every
+/// session starts on a fresh connection and declares its topology again, and a failed
+/// session is logged with its cause and retried. A session returns `Ok` only when shutdown
+/// was requested.
 #[derive(Debug)]
 pub struct Supervisor {
     url: String,
@@ -150,6 +143,28 @@ pub struct Supervisor {
     blocked: Option<Arc<Blocked>>,
     /// Follows the current connection's blocked/unblocked notices.
     tracker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a service does on each broker connection that a [`Supervisor`] opens for it.
+///
+/// A trait rather than an async closure: the gateway spawns its supervisor, and a spawned
+/// future must be `Send`, which today's compiler cannot prove for an async closure that
+/// borrows its arguments (`&Connection`, `&mut Supervisor`) across an await
+/// ("implementation of `Send` is not general enough"). Here the bound is stated once, on
+/// the method, and each `async fn` implementing it is checked where it is written.
+pub trait Session: Send {
+    /// Declares what the session needs on `connection`, calls [`Supervisor::up`] once it
+    /// is ready, and runs until shutdown (`Ok`) or a broker failure (`Err`, logged by the
+    /// supervisor before it reconnects).
+    fn run<'a>(
+        &'a mut self,
+        connection: &'a Connection,
+        supervisor: &'a mut Supervisor,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'a;
+
+    /// Called when a session has ended, before its connection is closed: the service
+    /// stops saying it is ready and drops what belonged to the session.
+    fn down(&mut self) {}
 }
 
 /// Whether the broker is blocking a connection's publishes: RabbitMQ does so while a
@@ -266,6 +281,18 @@ impl Supervisor {
             }
         }
         connection
+    }
+
+    /// Runs `session` on one connection after another until shutdown: the connect / run
+    /// / ended loop of every service that holds a broker session.
+    pub async fn run(mut self, session: &mut impl Session) {
+        while let Some(connection) = self.connect().await {
+            let outcome = session.run(&connection, &mut self).await;
+            session.down();
+            if !self.ended(connection, outcome).await {
+                break;
+            }
+        }
     }
 
     /// Tells the supervisor the session is fully up, so the next outage starts its backoff

@@ -25,7 +25,7 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Backoff, Supervisor};
+use crate::broker::{Backoff, Session, Supervisor};
 use crate::event::Event;
 use crate::topology::Topology;
 
@@ -84,23 +84,45 @@ pub async fn run<S: EventSink>(
 ) {
     // Not `report_blocked`: a subscriber never publishes, so the broker never blocks it
     // during an alarm, and it should keep draining its queue (which frees broker memory).
-    let mut supervisor = Supervisor::new(&config.amqp_url, &config.name, shutdown.clone());
-    while let Some(connection) = supervisor.connect().await {
-        let outcome = consume(
-            &connection,
-            &config,
-            &mut sink,
-            &readiness,
-            &mut supervisor,
-            &shutdown,
-        )
-        .await;
-        readiness.set(false);
-        if !supervisor.ended(connection, outcome).await {
-            break;
-        }
-    }
+    let supervisor = Supervisor::new(&config.amqp_url, &config.name, shutdown.clone());
+    let mut subscription = Subscription {
+        config: &config,
+        sink: &mut sink,
+        readiness: &readiness,
+        shutdown: &shutdown,
+    };
+    supervisor.run(&mut subscription).await;
     tracing::info!(subscriber = %config.name, "subscriber stopped");
+}
+
+/// What a subscriber does on each broker connection.
+struct Subscription<'s, S> {
+    config: &'s SubscriberConfig,
+    sink: &'s mut S,
+    readiness: &'s Readiness,
+    shutdown: &'s CancellationToken,
+}
+
+impl<S: EventSink> Session for Subscription<'_, S> {
+    async fn run(
+        &mut self,
+        connection: &Connection,
+        supervisor: &mut Supervisor,
+    ) -> anyhow::Result<()> {
+        consume(
+            connection,
+            self.config,
+            self.sink,
+            self.readiness,
+            supervisor,
+            self.shutdown,
+        )
+        .await
+    }
+
+    fn down(&mut self) {
+        self.readiness.set(false);
+    }
 }
 
 /// One broker session: declare, consume batches until shutdown (`Ok`) or a broker error.

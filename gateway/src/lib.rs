@@ -44,7 +44,8 @@ pub(crate) struct State {
     shutdown: CancellationToken,
     /// Every websocket connection, so shutdown can wait for them.
     connections: TaskTracker,
-    /// Background publishes (leave notices) that must finish before the link closes.
+    /// Background work on the link that must finish before it closes: leave notices and
+    /// the history loads of joins.
     background: TaskTracker,
     /// Most websockets at once: `MAX_CONNECTIONS`, or what the open-file limit holds.
     max_connections: usize,

@@ -14,6 +14,103 @@ const MAX_REF: usize = 64;
 /// Longest `since` event id.
 const MAX_SINCE: usize = 64;
 
+/// Every machine-readable code an `error` frame can carry; serialised as its snake_case
+/// name, as docs/protocol.md lists them ("Error codes"), which a test checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A text frame longer than `MAX_FRAME` bytes.
+    TooLarge,
+    /// Not JSON, or not a JSON object.
+    InvalidJson,
+    /// A binary frame.
+    UnsupportedFrame,
+    /// Over `RATE_LIMIT` / `RATE_BURST`.
+    RateLimited,
+    /// A required field is absent or `null`.
+    MissingField,
+    /// A field has the wrong JSON type or an invalid value.
+    InvalidField,
+    /// `type` is none of the known requests.
+    UnknownType,
+    /// Not a valid room name.
+    InvalidRoom,
+    /// Not a valid user name after normalisation.
+    InvalidName,
+    /// Not a valid message text after normalisation.
+    InvalidText,
+    /// `say` or `leave` in a room the connection has not joined.
+    NotJoined,
+    /// Surely not published: the broker never got it.
+    Unavailable,
+    /// Published, but not confirmed: the outcome is unknown.
+    Unconfirmed,
+    /// A message id already used for another message.
+    Conflict,
+    /// The archive cannot resume from `since`; the latest history follows instead.
+    BadSince,
+    /// The history could not be loaded; an empty one follows.
+    HistoryUnavailable,
+}
+
+impl ErrorCode {
+    /// Every code, in the order docs/protocol.md lists them.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::TooLarge,
+        ErrorCode::InvalidJson,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::RateLimited,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidRoom,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidText,
+        ErrorCode::NotJoined,
+        ErrorCode::Unavailable,
+        ErrorCode::Unconfirmed,
+        ErrorCode::Conflict,
+        ErrorCode::BadSince,
+        ErrorCode::HistoryUnavailable,
+    ];
+
+    /// The code as clients see it.
+    pub const fn as_str(self) -> &'static str {
+        // No wildcard: a new code does not compile until it has its name (and, through
+        // the tests, its place in `ALL` and in the docs).
+        match self {
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidText => "invalid_text",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unconfirmed => "unconfirmed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::BadSince => "bad_since",
+            ErrorCode::HistoryUnavailable => "history_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A valid client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -45,13 +142,13 @@ pub struct Rejection {
     /// The request's `ref`, when it could be read.
     pub r#ref: Option<String>,
     /// Machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
 }
 
 impl Rejection {
-    pub fn new(r#ref: Option<String>, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(r#ref: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             r#ref,
             code,
@@ -65,16 +162,17 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
     if frame.len() > limits.max_frame {
         return Err(Rejection::new(
             None,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("frames are limited to {} bytes", limits.max_frame),
         ));
     }
-    let value: Value = serde_json::from_str(frame)
-        .map_err(|e| Rejection::new(None, "invalid_json", format!("not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(frame).map_err(|e| {
+        Rejection::new(None, ErrorCode::InvalidJson, format!("not valid JSON: {e}"))
+    })?;
     let Value::Object(fields) = value else {
         return Err(Rejection::new(
             None,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "a frame must be a JSON object",
         ));
     };
@@ -88,7 +186,7 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
         "join" => {
             let room = fields.room()?;
             let name = normalize::name(fields.required("name")?, limits)
-                .map_err(|e| fields.reject("invalid_name", e.to_string()))?;
+                .map_err(|e| fields.reject(ErrorCode::InvalidName, e.to_string()))?;
             let since = optional_string(fields.map, "since", MAX_SINCE, r#ref.as_ref())?;
             Ok(Command::Join {
                 room,
@@ -100,11 +198,11 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
         "say" => {
             let room = fields.room()?;
             let text = normalize::text(fields.required("text")?, limits)
-                .map_err(|e| fields.reject("invalid_text", e.to_string()))?;
+                .map_err(|e| fields.reject(ErrorCode::InvalidText, e.to_string()))?;
             let id = optional_string(fields.map, "id", MAX_SINCE, r#ref.as_ref())?;
             if let Some(id) = &id {
                 idempotency::check_client_id(id, chrono::Utc::now())
-                    .map_err(|reason| fields.reject("invalid_field", reason))?;
+                    .map_err(|reason| fields.reject(ErrorCode::InvalidField, reason))?;
             }
             Ok(Command::Say {
                 room,
@@ -119,7 +217,7 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
         }),
         "ping" => Ok(Command::Ping { r#ref }),
         other => Err(fields.reject(
-            "unknown_type",
+            ErrorCode::UnknownType,
             format!("unknown type {other:?}; expected join, say, leave or ping"),
         )),
     }
@@ -132,17 +230,20 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn reject(&self, code: &'static str, message: impl Into<String>) -> Rejection {
+    fn reject(&self, code: ErrorCode, message: impl Into<String>) -> Rejection {
         Rejection::new(self.r#ref.clone(), code, message)
     }
 
     fn required(&self, key: &str) -> Result<&'a str, Rejection> {
         match self.map.get(key) {
             None | Some(Value::Null) => {
-                Err(self.reject("missing_field", format!("missing field {key:?}")))
+                Err(self.reject(ErrorCode::MissingField, format!("missing field {key:?}")))
             }
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(self.reject("invalid_field", format!("field {key:?} must be a string"))),
+            Some(_) => Err(self.reject(
+                ErrorCode::InvalidField,
+                format!("field {key:?} must be a string"),
+            )),
         }
     }
 
@@ -150,7 +251,7 @@ impl<'a> Fields<'a> {
         let room = self.required("room")?;
         normalize::room(room)
             .map(str::to_owned)
-            .map_err(|e| self.reject("invalid_room", e.to_string()))
+            .map_err(|e| self.reject(ErrorCode::InvalidRoom, e.to_string()))
     }
 }
 
@@ -169,7 +270,7 @@ fn optional_string(
         }
         Some(_) => Err(Rejection::new(
             r#ref.cloned(),
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field {key:?} must be a string of 1 to {max} characters"),
         )),
     }
@@ -213,7 +314,7 @@ pub enum ServerFrame<'a> {
     Error {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
-        code: &'a str,
+        code: ErrorCode,
         message: &'a str,
     },
 }
@@ -251,7 +352,7 @@ mod tests {
         parse(frame, &Limits::default())
     }
 
-    fn code(frame: &str) -> &'static str {
+    fn code(frame: &str) -> ErrorCode {
         parse_default(frame).unwrap_err().code
     }
 
@@ -326,6 +427,41 @@ mod tests {
     }
 
     #[test]
+    fn every_error_code_serialises_to_its_documented_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                Value::from(code.as_str()),
+                "{code:?}"
+            );
+        }
+        let names: std::collections::HashSet<_> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            ErrorCode::ALL.len(),
+            "ALL lists each code once"
+        );
+    }
+
+    #[test]
+    fn the_protocol_docs_list_exactly_the_error_codes() {
+        let docs = include_str!("../../docs/protocol.md");
+        let section = docs
+            .split("\n## Error codes\n")
+            .nth(1)
+            .expect("docs/protocol.md has an \"Error codes\" section");
+        let section = section.split("\n## ").next().unwrap_or_default();
+        let documented: Vec<&str> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split('`').next())
+            .collect();
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(documented, codes);
+    }
+
+    #[test]
     fn errors_carry_the_requests_ref() {
         let err =
             parse_default(r#"{"type":"say","room":"lobby","text":"","ref":"c-1"}"#).unwrap_err();
@@ -337,15 +473,15 @@ mod tests {
         use proptest::prelude::*;
 
         /// Every code `parse` may answer with (docs/protocol.md).
-        const CODES: [&str; 8] = [
-            "too_large",
-            "invalid_json",
-            "missing_field",
-            "invalid_field",
-            "unknown_type",
-            "invalid_room",
-            "invalid_name",
-            "invalid_text",
+        const CODES: [ErrorCode; 8] = [
+            ErrorCode::TooLarge,
+            ErrorCode::InvalidJson,
+            ErrorCode::MissingField,
+            ErrorCode::InvalidField,
+            ErrorCode::UnknownType,
+            ErrorCode::InvalidRoom,
+            ErrorCode::InvalidName,
+            ErrorCode::InvalidText,
         ];
 
         fn frame_like() -> impl Strategy<Value = String> {

@@ -13,6 +13,7 @@ use chat_core::dedupe::RecentIds;
 use chat_core::Event;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::catch_up;
 use crate::outbox;
 use crate::protocol::event_frame;
 use crate::ws::frame;
@@ -146,16 +147,7 @@ impl Rooms {
     /// exchange by far less, had them all).
     pub fn received_after(&self, room: &str, after: &str) -> Vec<Arc<SharedEvent>> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let latest = &recent.latest;
-        let Some(position) = latest.iter().position(|e| &*e.id == after) else {
-            return Vec::new();
-        };
-        latest
-            .iter()
-            .skip(position + 1)
-            .filter(|e| &*e.room == room)
-            .cloned()
-            .collect()
+        catch_up::received_after(&recent.latest, room, after)
     }
 
     /// The rooms that have local members now.

@@ -1,0 +1,255 @@
+//! The merge that makes a join gap-free, as pure functions. While a joining room's history
+//! loads, the writer holds the room's live events back in a [`JoinBuffer`]. The archive
+//! trails the exchange a little, so the history may end before events this gateway already
+//! received: [`received_after`] finds those in the gateway's memory of recent events, from
+//! the [`anchor`] on. After the history the client gets [`after_history`]: those events,
+//! then the buffered ones, each once and without what the history already had. Kept apart
+//! from the writer so that every case (duplicates, reordering, `since`, a lagging history,
+//! an overflowing buffer) is tested here and not only end to end.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::rooms::SharedEvent;
+
+/// Most live events buffered for a room while its history is fetched.
+pub(crate) const MAX_JOIN_BUFFER: usize = 10_000;
+
+/// A room's live events held back while its history loads, at most `LIMIT`.
+#[derive(Debug)]
+pub(crate) struct JoinBuffer<const LIMIT: usize = MAX_JOIN_BUFFER> {
+    events: Vec<Arc<SharedEvent>>,
+}
+
+impl<const LIMIT: usize> JoinBuffer<LIMIT> {
+    pub(crate) fn new() -> Self {
+        Self { events: Vec::new() }
+    }
+
+    /// Keeps `event` for after the history. False when the buffer is full: the event is
+    /// dropped and the client can no longer be caught up without a gap, so the caller
+    /// disconnects it (it resumes with `since`).
+    #[must_use]
+    pub(crate) fn push(&mut self, event: Arc<SharedEvent>) -> bool {
+        if self.events.len() < LIMIT {
+            self.events.push(event);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The buffered events, in the order they arrived.
+    pub(crate) fn into_events(self) -> Vec<Arc<SharedEvent>> {
+        self.events
+    }
+}
+
+/// Where the events the history may lack begin: after the history's last event or, when
+/// the history is empty, after the client's `since`. `None`: nothing to look for.
+pub(crate) fn anchor<'a>(history_last: Option<&'a str>, since: Option<&'a str>) -> Option<&'a str> {
+    history_last.or(since)
+}
+
+/// The events of `room` among `latest` (this gateway's recent events, every room, oldest
+/// first) that came after the event `after`. None if `after` is not among them: then the
+/// archive, which trails the exchange by far less than the memory holds, had them all.
+pub(crate) fn received_after<'a>(
+    latest: impl IntoIterator<Item = &'a Arc<SharedEvent>>,
+    room: &str,
+    after: &str,
+) -> Vec<Arc<SharedEvent>> {
+    let mut latest = latest.into_iter();
+    if !latest.by_ref().any(|event| &*event.id == after) {
+        return Vec::new();
+    }
+    latest
+        .filter(|event| &*event.room == room)
+        .cloned()
+        .collect()
+}
+
+/// What follows a join's history: the `unarchived` events (from [`received_after`]), then
+/// the `buffered` live ones, leaving out those whose id the history has and every repeat.
+pub(crate) fn after_history(
+    history_ids: Vec<String>,
+    unarchived: Vec<Arc<SharedEvent>>,
+    buffered: Vec<Arc<SharedEvent>>,
+) -> impl Iterator<Item = Arc<SharedEvent>> {
+    let mut seen: HashSet<Box<str>> = history_ids
+        .into_iter()
+        .map(String::into_boxed_str)
+        .collect();
+    unarchived
+        .into_iter()
+        .chain(buffered)
+        .filter(move |event| seen.insert(event.id.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(room: &str, id: &str) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent {
+            room: Arc::from(room),
+            id: id.into(),
+            frame: bytes::Bytes::copy_from_slice(id.as_bytes()),
+        })
+    }
+
+    /// One join in room `lobby`, as the history task and the writer see it.
+    struct Case {
+        what: &'static str,
+        /// Ids of the history the archive answered with.
+        history: &'static [&'static str],
+        /// The client's `since`.
+        since: Option<&'static str>,
+        /// The gateway's memory of recent events: (room, id), oldest first.
+        latest: &'static [(&'static str, &'static str)],
+        /// Live events of `lobby` buffered while the history loaded.
+        buffered: &'static [&'static str],
+        /// What the client gets after the history.
+        then: &'static [&'static str],
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            what: "a complete history is followed by nothing",
+            history: &["a", "b"],
+            since: None,
+            latest: &[("lobby", "a"), ("lobby", "b")],
+            buffered: &[],
+            then: &[],
+        },
+        Case {
+            what: "buffered events the history has are dropped",
+            history: &["a", "b", "c"],
+            since: None,
+            latest: &[("lobby", "a"), ("lobby", "b"), ("lobby", "c")],
+            buffered: &["b", "c", "d"],
+            then: &["d"],
+        },
+        Case {
+            what: "a repeated live event is sent once",
+            history: &["a"],
+            since: None,
+            latest: &[("lobby", "a")],
+            buffered: &["b", "b", "c"],
+            then: &["b", "c"],
+        },
+        Case {
+            what: "buffered events in another order than the history's are still dropped",
+            history: &["a", "b"],
+            since: None,
+            latest: &[("lobby", "a"), ("lobby", "b")],
+            buffered: &["b", "a", "c"],
+            then: &["c"],
+        },
+        Case {
+            what: "a lagging history is completed from memory, then the buffer, each once",
+            history: &["a"],
+            since: None,
+            latest: &[("lobby", "a"), ("lobby", "b"), ("lobby", "c")],
+            buffered: &["c", "d"],
+            then: &["b", "c", "d"],
+        },
+        Case {
+            what: "the events remembered after the history keep the order they arrived in",
+            history: &["a"],
+            since: None,
+            latest: &[("lobby", "a"), ("lobby", "c"), ("lobby", "b")],
+            buffered: &["b"],
+            then: &["c", "b"],
+        },
+        Case {
+            what: "other rooms' events are never sent",
+            history: &["a"],
+            since: None,
+            latest: &[("lobby", "a"), ("kitchen", "x"), ("lobby", "b")],
+            buffered: &[],
+            then: &["b"],
+        },
+        Case {
+            what: "an empty history after since is completed from since on",
+            history: &[],
+            since: Some("s"),
+            latest: &[("lobby", "r"), ("lobby", "s"), ("lobby", "t")],
+            buffered: &["u"],
+            then: &["t", "u"],
+        },
+        Case {
+            what: "a history after since is completed from its own end, not from since",
+            history: &["t"],
+            since: Some("s"),
+            latest: &[("lobby", "s"), ("lobby", "t"), ("lobby", "u")],
+            buffered: &[],
+            then: &["u"],
+        },
+        Case {
+            what: "a since the gateway no longer remembers adds nothing from memory",
+            history: &[],
+            since: Some("old"),
+            latest: &[("lobby", "a"), ("lobby", "b")],
+            buffered: &["c"],
+            then: &["c"],
+        },
+        Case {
+            what: "a history ending before the gateway's memory adds nothing from memory",
+            history: &["old"],
+            since: None,
+            latest: &[("lobby", "a"), ("lobby", "b")],
+            buffered: &["b", "c"],
+            then: &["b", "c"],
+        },
+        Case {
+            what: "a new room without since gets only the buffered events",
+            history: &[],
+            since: None,
+            latest: &[("lobby", "a")],
+            buffered: &["b"],
+            then: &["b"],
+        },
+    ];
+
+    #[test]
+    fn a_join_sends_each_event_after_its_history_once_and_in_order() {
+        for case in CASES {
+            let latest: Vec<_> = case
+                .latest
+                .iter()
+                .map(|(room, id)| event(room, id))
+                .collect();
+            let unarchived = anchor(case.history.last().copied(), case.since)
+                .map_or_else(Vec::new, |after| received_after(&latest, "lobby", after));
+            let buffered = case.buffered.iter().map(|id| event("lobby", id)).collect();
+            let history = case.history.iter().map(|id| id.to_string()).collect();
+            let sent: Vec<_> = after_history(history, unarchived, buffered)
+                .map(|event| event.id.to_string())
+                .collect();
+            assert_eq!(sent, case.then, "{}", case.what);
+        }
+    }
+
+    #[test]
+    fn a_full_join_buffer_refuses_the_next_event_so_the_caller_kicks() {
+        let mut buffer = JoinBuffer::<2>::new();
+        assert!(buffer.push(event("lobby", "a")));
+        assert!(buffer.push(event("lobby", "b")));
+        assert!(!buffer.push(event("lobby", "c")), "over the limit");
+        let kept: Vec<_> = buffer
+            .into_events()
+            .iter()
+            .map(|e| e.id.to_string())
+            .collect();
+        assert_eq!(kept, ["a", "b"], "the events before the overflow are kept");
+    }
+
+    #[test]
+    fn the_default_join_buffer_holds_max_join_buffer_events() {
+        let mut buffer = JoinBuffer::<MAX_JOIN_BUFFER>::new();
+        let shared = event("lobby", "a");
+        assert!((0..MAX_JOIN_BUFFER).all(|_| buffer.push(shared.clone())));
+        assert!(!buffer.push(shared));
+    }
+}
