@@ -121,7 +121,8 @@ async fn a_client_that_never_answers_pings_is_closed_and_its_leave_is_published(
     let broker = Broker::connect(&prefix).await;
     let gateway = start_gateway(
         &prefix,
-        &["--ping-interval-ms", "300", "--ping-timeout-ms", "400"],
+        // A timeout long enough for a reading client on a busy CI machine to answer.
+        &["--ping-interval-ms", "300", "--ping-timeout-ms", "1500"],
     )
     .await;
     let mut ghost = Client::connect(&gateway).await;
@@ -160,7 +161,7 @@ async fn a_client_that_never_answers_pings_is_closed_and_its_leave_is_published(
     assert_eq!(watcher.say("lobby", "alive", "w1").await["type"], "ack");
     support::report(&format!(
         "vanished client: closed with 4009 and its leave published {} ms after it went silent \
-         (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=400)",
+         (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=1500)",
         elapsed.as_millis()
     ));
     gateway.stop().await;
