@@ -6,6 +6,7 @@
 //! archiver may ack right after. Migrations: `migrations/postgres/`.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::Context;
 use chat_core::event::{format_time, Event, EventKind, SCHEMA_VERSION};
@@ -48,13 +49,18 @@ impl PgStore {
         let shown = redact(url);
         // A lock held elsewhere fails an insert after 5 s, like SQLite's busy timeout: the
         // batch is retried and the failure is logged instead of waiting without a word.
+        // Notices (a search of punctuation only "contains no lexemes") are not worth a log
+        // line each.
         let options = PgConnectOptions::from_str(url)
             .with_context(|| format!("Invalid DATABASE_URL {shown:?}"))?
             .application_name("archiver")
-            .options([("lock_timeout", "5s")]);
+            .options([("lock_timeout", "5s"), ("client_min_messages", "warning")]);
+        // While the server is away, a query (a readiness probe, a batch) fails after 5 s
+        // rather than the pool's default 30 s.
         let connect = || {
             PgPoolOptions::new()
                 .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options.clone())
         };
         let pool = match connect().await {
@@ -62,10 +68,18 @@ impl PgStore {
                 if !create {
                     anyhow::bail!("no archive at {shown} (check DATABASE_URL)");
                 }
-                Postgres::create_database(url)
-                    .await
-                    .with_context(|| format!("Failed to create the database {shown}"))?;
-                tracing::info!(database = %shown, "created the archive database");
+                match Postgres::create_database(url).await {
+                    Ok(()) => tracing::info!(database = %shown, "created the archive database"),
+                    // Another archiver starting at the same time may have created it first
+                    // (42P04, or a unique violation in the catalog): then it opens.
+                    Err(err) => {
+                        if let Ok(pool) = connect().await {
+                            return Self::migrate(pool).await;
+                        }
+                        return Err(err)
+                            .with_context(|| format!("Failed to create the database {shown}"));
+                    }
+                }
                 connect().await
             }
             other => other,
@@ -82,6 +96,10 @@ impl PgStore {
                 anyhow::bail!("no archive at {shown} (the database exists but holds no archive; check DATABASE_URL)");
             }
         }
+        Self::migrate(pool).await
+    }
+
+    async fn migrate(pool: PgPool) -> anyhow::Result<Self> {
         // sqlx takes an advisory lock while migrating: archivers starting together are safe.
         sqlx::migrate!("../migrations/postgres")
             .run(&pool)

@@ -17,8 +17,9 @@ const ROOMS: [&str; 3] = ["lobby", "kitchen", "hall"];
 async fn two_archivers_on_one_postgres_database_store_every_event_once_and_answer_the_same() {
     let prefix = unique_prefix("shared");
     let broker = Broker::connect(&prefix).await;
-    let db = TestDatabase::new(Backend::Postgres, "shared").await;
-    // Started together: both migrate the new database at once (sqlx serialises that).
+    // Started together on a database that does not exist yet: both create it (one wins)
+    // and migrate it (sqlx serialises that) at once.
+    let db = TestDatabase::unused(Backend::Postgres, "shared");
     let (first, second) = tokio::join!(start(&prefix, &db.url), start(&prefix, &db.url));
     let queue = broker.topology.subscriber_queue("archiver");
     assert_eq!(consumers(&broker, &queue).await, 2, "both consume {queue}");
