@@ -298,6 +298,19 @@ pub fn message_at(room: &str, text: &str, at: &str) -> Event {
     event
 }
 
+/// Appends a line of counts to the reliability report that `scripts/test.sh` prints.
+pub fn report(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-report.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(file, "{line}").unwrap();
+}
+
 /// Percent-encodes every byte but ASCII letters and digits, for query strings.
 pub fn encode(raw: &str) -> String {
     raw.bytes()
