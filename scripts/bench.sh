@@ -459,6 +459,7 @@ fi)
 EOF
   "$BENCH" report --dir "$RESULTS"
   cat <<EOF
+$(if [[ -f bench/ARCHIVE-POSTGRES.md ]]; then cat bench/ARCHIVE-POSTGRES.md; echo; fi)
 $(if [[ -f bench/ANALYSIS.md ]]; then cat bench/ANALYSIS.md; echo; fi)
 ## The commands
 

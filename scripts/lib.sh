@@ -43,6 +43,40 @@ ensure_rabbitmq() {
   wait_port 5672 120
 }
 
+# Makes sure PostgreSQL answers on 127.0.0.1:5432 for the archiver's tests, which run every
+# test on PostgreSQL too (user postgres, trust authentication from 127.0.0.1, one database
+# per test): installs Debian's postgresql when it is missing and we are root, letting the
+# postgres user in from 127.0.0.1 without a password on that fresh, test-only cluster, and
+# starts the cluster when it is not running. With TEST_POSTGRES_URL set, that server is the
+# caller's business.
+ensure_postgres() {
+  if [[ -n "${TEST_POSTGRES_URL:-}" ]] || port_open 5432; then
+    return 0
+  fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "PostgreSQL is not installed: run 'sudo apt-get install postgresql' and try again" >&2
+      return 1
+    fi
+    step "installing PostgreSQL (Debian package postgresql)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    local hba
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf | sort -V | tail -1)
+    sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  if port_open 5432; then
+    # The package may have started the cluster before pg_hba.conf was edited.
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  else
+    step "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  fi
+  wait_port 5432 60
+}
+
 # Builds the three binaries in release mode and sets BIN to their directory.
 build_release() {
   step "building (cargo build --release)"

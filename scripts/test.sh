@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_rabbitmq
+ensure_postgres
 step "cargo test (unit, integration and fault tests against a real RabbitMQ and SQLite)"
 # Fault tests append their counts here; printed below so every run shows them.
 report=target/tmp/reliability-report.txt

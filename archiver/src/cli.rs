@@ -1,5 +1,5 @@
 //! The archiver's command line: `archiver` (or `archiver serve`) runs the service; the other
-//! commands read an existing archive file directly (the broker and the service are not
+//! commands read an existing archive directly (the broker and the service are not
 //! needed, and they are safe while the service runs): `history`, `rooms`, `search` and
 //! `export`.
 
@@ -21,7 +21,7 @@ use crate::Config;
 #[command(
     name = "archiver",
     version,
-    about = "Archives every chat event in SQLite and serves history"
+    about = "Archives every chat event in SQLite or PostgreSQL and serves history"
 )]
 pub struct Cli {
     #[command(flatten)]

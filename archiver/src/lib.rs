@@ -1,5 +1,5 @@
-//! The archiver: a side subscriber that stores every event in SQLite, the chat's queryable
-//! memory. It binds its own durable queue (`<prefix>.archiver`), commits batches before
+//! The archiver: a side subscriber that stores every event in SQLite or PostgreSQL (chosen by
+//! `DATABASE_URL`'s scheme, see [`store`]), the chat's queryable memory. It binds its own durable queue (`<prefix>.archiver`), commits batches before
 //! acking them, answers gateways' history requests over the broker (`<prefix>.history`) and
 //! serves the history and a full-text search of it over HTTP.
 #![forbid(unsafe_code)]
@@ -29,8 +29,10 @@ pub struct Config {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub http: chat_core::http::HttpArgs,
-    /// SQLite database of the archive. `serve` creates it, with its directory, if missing;
-    /// the other commands need it to exist.
+    /// The archive: `sqlite://<file>` or `postgres://<user>@<host>/<database>` (also
+    /// `postgresql://`); any other scheme is refused. `serve` creates it (the SQLite file
+    /// with its directory, or the PostgreSQL database) if missing and migrates it; the other
+    /// commands need it to exist.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -67,7 +69,7 @@ pub async fn run(
     chat_core::metrics::handle();
     let store = Store::open(&config.database_url).await?;
     tracing::info!(
-        database = %config.database_url,
+        database = %store::redact(&config.database_url),
         http = %listener.local_addr()?,
         broker = %redact(&config.broker.amqp_url),
         prefix = topology.prefix(),

@@ -1,8 +1,10 @@
 //! Full-text search queries: what a user types, made safe for SQLite FTS5 (the index is
-//! `events_fts`, see `migrations/`). Users type words, not FTS5 syntax, so every word
-//! becomes a quoted FTS5 string: `"`, `*`, `-`, `:`, `NEAR(` or `OR` are searched for as
-//! text (the tokenizer drops punctuation) and no input can be an FTS5 syntax error. A
-//! message matches when it contains every word, in any order, ignoring case and accents.
+//! `events_fts`, see `migrations/sqlite/`) and for PostgreSQL's `websearch_to_tsquery` (the
+//! `words` column, see `migrations/postgres/`). Users type words, not query syntax, so every
+//! word becomes a quoted string of either language: `"`, `*`, `-`, `:`, `NEAR(`, `OR` or
+//! `or` are searched for as text (the tokenizers drop punctuation) and no input can be a
+//! syntax error. A message matches when it contains every word, in any order, ignoring case
+//! and accents; a word that the tokenizer splits (`key:value`) matches its parts in order.
 
 /// Most events one search returns.
 pub const MAX_RESULTS: u32 = 200;
@@ -64,6 +66,23 @@ impl Query {
         }
         fts
     }
+
+    /// The `websearch_to_tsquery` text: each word as a quoted phrase, which it ANDs. Inside
+    /// quotes `-`, `or` and parentheses are plain text; a `"` would end the phrase, and is
+    /// punctuation to the tokenizer anyway, so it becomes a space. A word of punctuation
+    /// only has no lexemes and is dropped, as in FTS5.
+    pub fn to_websearch(&self) -> String {
+        let mut query = String::new();
+        for word in &self.words {
+            if !query.is_empty() {
+                query.push(' ');
+            }
+            query.push('"');
+            query.push_str(&word.replace('"', " "));
+            query.push('"');
+        }
+        query
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +94,15 @@ mod tests {
         let query = Query::parse("  hello\tNEAR(x  say\"hi\" -a:b * ").unwrap();
         assert_eq!(query.text(), "hello NEAR(x say\"hi\" -a:b *");
         assert_eq!(query.to_fts(), r#""hello" "NEAR(x" "say""hi""" "-a:b" "*""#);
+    }
+
+    #[test]
+    fn every_word_becomes_a_quoted_websearch_phrase() {
+        let query = Query::parse(r#"hello -key or say"hi" NEAR(x "#).unwrap();
+        assert_eq!(
+            query.to_websearch(),
+            r#""hello" "-key" "or" "say hi " "NEAR(x""#
+        );
     }
 
     #[test]

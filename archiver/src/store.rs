@@ -1,30 +1,25 @@
-//! The SQLite archive. Opened in WAL mode so history reads never wait for the writer, with
-//! `synchronous=FULL` because the archiver acks the broker right after a commit: an acked
-//! event must survive a power cut, and batching keeps the fsync cost per event small.
-//! Inserts are idempotent by event id, so a redelivered event leaves one row. Every query
-//! that reads events lives here, so that the SQL and the row decoding stay in one place.
+//! The archive, on SQLite or PostgreSQL. [`Database`] names the domain operations; each
+//! backend implements them in a module of its own with its own explicit SQL and its own
+//! migrations folder (`migrations/sqlite/`, `migrations/postgres/`), using what that database
+//! does best (FTS5 and a trigger per row there, `tsvector` with a GIN index and a trigger per
+//! statement here). [`Store`] is the archive the rest of the archiver holds: the backend that
+//! `DATABASE_URL`'s scheme chose. A URL of any other scheme is refused, never guessed at.
+//!
+//! Every backend keeps the same promises: inserts are idempotent by event id, a batch is one
+//! statement and one transaction, rows keep the batch's order (`seq`, the archive order),
+//! and a commit is durable when `insert` returns, since the archiver acks right after.
 
-use std::str::FromStr;
-use std::time::Duration;
+pub mod postgres;
+pub mod sqlite;
 
-use anyhow::Context;
-use chat_core::event::{format_time, Event, EventKind, SCHEMA_VERSION};
+use std::future::Future;
+
+use chat_core::event::Event;
 use chrono::{DateTime, TimeDelta, Utc};
-use futures_util::{Stream, StreamExt};
+use futures_util::stream::BoxStream;
 use serde::Serialize;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::Row;
 
 use crate::search::Query;
-
-/// The archive, cheap to clone (a pool handle).
-#[derive(Debug, Clone)]
-pub struct Store {
-    pool: SqlitePool,
-}
 
 /// One room as `GET /api/rooms` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,126 +56,182 @@ pub enum Start {
     After(String),
 }
 
-/// The columns [`row_to_event`] reads. A macro rather than a constant so that queries are
-/// `concat!`-ed into `&'static str`s, which a returned stream can borrow.
-macro_rules! event_columns {
-    () => {
-        "id, type, room, user, text, at, gateway"
+/// What an archive backend does; each implementation has its own SQL.
+pub trait Database {
+    /// Stores a batch atomically in one statement; events already archived (or repeated in
+    /// the batch) are skipped. Returns how many rows were new. Rows keep the batch's order.
+    fn insert(&self, events: &[Event]) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Every room with its event count and last activity, most recently active first.
+    fn rooms(&self) -> impl Future<Output = Result<Vec<RoomSummary>, sqlx::Error>> + Send;
+
+    /// Up to `limit` events of `room` before the event `before` (or the latest ones),
+    /// oldest first.
+    fn page(
+        &self,
+        room: &str,
+        limit: u32,
+        before: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Event>, LookupError>> + Send;
+
+    /// Up to `limit` events of `room` from `start` on, oldest first (paging forward).
+    fn page_from(
+        &self,
+        room: &str,
+        start: &Start,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Event>, LookupError>> + Send;
+
+    /// Up to `limit` messages containing every word of `query`, newest first (archive
+    /// order), in `room` only if given.
+    fn search(
+        &self,
+        query: &Query,
+        room: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Event>, sqlx::Error>> + Send;
+
+    /// Every event of `room`, oldest first, decoded as the database yields the rows (a room
+    /// of any size is never held in memory), from one consistent snapshot.
+    fn room_events<'a>(&'a self, room: &'a str) -> BoxStream<'a, Result<Event, sqlx::Error>>;
+
+    /// Whether the database answers, for readiness probes.
+    fn ping(&self) -> impl Future<Output = bool> + Send;
+
+    /// Waits for queries in flight and closes the connections.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The backends, by the scheme of `DATABASE_URL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://<file>` (or `sqlite:<file>`).
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+}
+
+/// A `DATABASE_URL` that names no backend of this build. The URL is shown with its password
+/// replaced by `***`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedUrl {
+    #[error(
+        "DATABASE_URL {url:?} has no scheme: use sqlite://<file> or \
+         postgres://<user>@<host>/<database>"
+    )]
+    NoScheme { url: String },
+    #[error(
+        "DATABASE_URL scheme {scheme:?} (in {url:?}) is not supported: use sqlite://<file> or \
+         postgres://<user>@<host>/<database> (postgresql:// works too)"
+    )]
+    Scheme { scheme: String, url: String },
+}
+
+impl Backend {
+    /// The backend `url` names. Only exact lower-case schemes count: sqlx would take
+    /// `SQLite://x`, or a bare path with a colon, as a file name.
+    pub fn of(url: &str) -> Result<Self, UnsupportedUrl> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+            s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+        match scheme {
+            Some("sqlite") => Ok(Self::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Self::Postgres),
+            Some(scheme) => Err(UnsupportedUrl::Scheme {
+                scheme: scheme.to_owned(),
+                url: redact(url),
+            }),
+            None => Err(UnsupportedUrl::NoScheme { url: redact(url) }),
+        }
+    }
+}
+
+/// `url` with its password (in the user info or a `password=` parameter) replaced by `***`,
+/// fit for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let url = chat_core::broker::redact(url);
+    match url.split_once('?') {
+        None => url,
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+    }
+}
+
+/// The archive, cheap to clone (a pool handle): the backend `DATABASE_URL` chose.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Calls the same [`Database`] operation on whichever backend `$store` is.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($backend) => $call,
+            Store::Postgres($backend) => $call,
+        }
     };
 }
 
 impl Store {
-    /// Opens (creating it and its directory if missing) and migrates the archive.
+    /// Opens (creating it if missing) and migrates the archive `url` names.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         Self::open_with(url, true).await
     }
 
-    /// Opens an archive that must exist already (the command-line tools: a mistyped path
+    /// Opens an archive that must exist already (the command-line tools: a mistyped name
     /// is an error, not a new empty archive).
     pub async fn open_existing(url: &str) -> anyhow::Result<Self> {
         Self::open_with(url, false).await
     }
 
     async fn open_with(url: &str, create: bool) -> anyhow::Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("Invalid DATABASE_URL {url:?}"))?
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
-        let path = options.get_filename().to_owned();
-        if !create && !path.exists() {
-            anyhow::bail!("no archive at {} (check DATABASE_URL)", path.display());
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("Failed to create {}", dir.display()))?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("Failed to open the archive {}", path.display()))?;
-        sqlx::migrate!("../migrations")
-            .run(&pool)
-            .await
-            .context("Failed to apply the archive migrations")?;
-        Ok(Self { pool })
+        Ok(match Backend::of(url)? {
+            Backend::Sqlite => Self::Sqlite(sqlite::SqliteStore::open(url, create).await?),
+            Backend::Postgres => Self::Postgres(postgres::PgStore::open(url, create).await?),
+        })
     }
 
-    /// Stores a batch atomically; events already archived are skipped. Returns how many rows
-    /// were new. The batch travels as one JSON array bound to one statement, so archiving
-    /// costs one round trip to SQLite's thread per batch rather than two per event; the
-    /// `rooms` summary follows by trigger (migration `rooms_trigger`). Rows keep the batch's
-    /// order, so `seq` stays the arrival order.
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// See [`Database::insert`].
     pub async fn insert(&self, events: &[Event]) -> Result<u64, sqlx::Error> {
         if events.is_empty() {
             return Ok(0);
         }
-        let batch = serde_json::to_string(events).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let result = sqlx::query(
-            "INSERT INTO events (id, type, room, user, text, at, gateway)
-             SELECT json_extract(value, '$.id'), json_extract(value, '$.type'),
-                    json_extract(value, '$.room'), json_extract(value, '$.user'),
-                    json_extract(value, '$.text'), json_extract(value, '$.at'),
-                    json_extract(value, '$.gateway')
-             FROM json_each(?) WHERE true ORDER BY key
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+        dispatch!(self, db => db.insert(events).await)
     }
 
-    /// Every room with its event count and last activity, most recently active first.
+    /// See [`Database::rooms`].
     pub async fn rooms(&self) -> Result<Vec<RoomSummary>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT room, events, first_at, last_at, last_id FROM rooms ORDER BY last_at DESC, room",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RoomSummary {
-                    room: row.try_get("room")?,
-                    events: row.try_get("events")?,
-                    first_at: row.try_get("first_at")?,
-                    last_at: row.try_get("last_at")?,
-                    last_id: row.try_get("last_id")?,
-                })
-            })
-            .collect()
+        dispatch!(self, db => db.rooms().await)
     }
 
-    /// Up to `limit` events of `room` before the event `before` (or the latest ones),
-    /// oldest first.
+    /// See [`Database::page`].
     pub async fn page(
         &self,
         room: &str,
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<Event>, LookupError> {
-        let bound = match before {
-            Some(id) => self.seq_of(room, id).await?,
-            None => i64::MAX,
-        };
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        ))
-        .bind(room)
-        .bind(bound)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut events = rows
-            .iter()
-            .map(row_to_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        events.reverse();
-        Ok(events)
+        dispatch!(self, db => db.page(room, limit, before).await)
     }
 
     /// Every event of `room` after the event `since`, oldest first; fails if `since` is not
@@ -200,97 +251,45 @@ impl Store {
         Ok(events)
     }
 
-    /// Up to `limit` events of `room` from `start` on, oldest first (paging forward).
+    /// See [`Database::page_from`].
     pub async fn page_from(
         &self,
         room: &str,
         start: &Start,
         limit: u32,
     ) -> Result<Vec<Event>, LookupError> {
-        let query = match start {
-            Start::After(id) => sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
-            ))
-            .bind(room)
-            .bind(self.seq_of(room, id).await?),
-            // `at` is stored as `format_time` text, whose order is time order; the bound is
-            // rounded up to the stored millisecond precision so that "at or after" stays exact.
-            Start::At(at) => sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE room = ? AND at >= ? ORDER BY seq LIMIT ?"
-            ))
-            .bind(room)
-            .bind(format_time(&ceil_millis(*at))),
-        };
-        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+        dispatch!(self, db => db.page_from(room, start, limit).await)
     }
 
-    /// Up to `limit` messages matching `query`, newest first (archive order), in `room` only
-    /// if given. The FTS5 index yields its matches newest first, so a search stops after
-    /// `limit` hits instead of sorting every match.
+    /// See [`Database::search`].
     pub async fn search(
         &self,
         query: &Query,
         room: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Event>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT e.id, e.type, e.room, e.user, e.text, e.at, e.gateway
-             FROM events_fts JOIN events AS e ON e.seq = events_fts.rowid
-             WHERE events_fts MATCH ?1 AND (?2 IS NULL OR e.room = ?2)
-             ORDER BY events_fts.rowid DESC LIMIT ?3",
-        )
-        .bind(query.to_fts())
-        .bind(room)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_to_event).collect()
+        dispatch!(self, db => db.search(query, room, limit).await)
     }
 
-    /// Every event of `room`, oldest first, decoded as SQLite yields the rows: a room of any
-    /// size is never held in memory. The stream reads one consistent snapshot (one
-    /// statement), however long the reader takes, while the service goes on writing.
-    pub fn room_events<'a>(
-        &'a self,
-        room: &'a str,
-    ) -> impl Stream<Item = Result<Event, sqlx::Error>> + Send + 'a {
-        sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE room = ? ORDER BY seq"
-        ))
-        .bind(room)
-        .fetch(&self.pool)
-        .map(|row| row_to_event(&row?))
+    /// See [`Database::room_events`].
+    pub fn room_events<'a>(&'a self, room: &'a str) -> BoxStream<'a, Result<Event, sqlx::Error>> {
+        dispatch!(self, db => db.room_events(room))
     }
 
-    /// Checks that the database answers, for readiness probes.
+    /// See [`Database::ping`].
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        dispatch!(self, db => db.ping().await)
     }
 
-    /// Waits for queries in flight and closes the database.
+    /// See [`Database::close`].
     pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn seq_of(&self, room: &str, id: &str) -> Result<i64, LookupError> {
-        sqlx::query_scalar("SELECT seq FROM events WHERE id = ? AND room = ?")
-            .bind(id)
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| LookupError::UnknownEvent(id.to_owned(), room.to_owned()))
+        dispatch!(self, db => db.close().await)
     }
 }
 
-/// The first millisecond at or after `at` (stored times have millisecond precision).
-fn ceil_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+/// The first millisecond at or after `at` (stored times have millisecond precision), so
+/// that "at or after" stays exact whatever precision the bound has.
+pub(crate) fn ceil_millis(at: DateTime<Utc>) -> DateTime<Utc> {
     let floor = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at);
     if floor < at {
         floor + TimeDelta::milliseconds(1)
@@ -299,20 +298,77 @@ fn ceil_millis(at: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
-fn row_to_event(row: &SqliteRow) -> Result<Event, sqlx::Error> {
-    let kind: String = row.try_get("type")?;
-    let at: String = row.try_get("at")?;
-    Ok(Event {
-        v: SCHEMA_VERSION,
-        id: row.try_get("id")?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?,
-        room: row.try_get("room")?,
-        user: row.try_get("user")?,
-        text: row.try_get("text")?,
-        at: chrono::DateTime::parse_from_rfc3339(&at)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
-            .with_timezone(&chrono::Utc),
-        gateway: row.try_get("gateway")?,
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_scheme_chooses_the_backend_and_nothing_else_is_guessed() {
+        for (url, backend) in [
+            ("sqlite://data/archive.db", Backend::Sqlite),
+            ("sqlite:///var/lib/chat/archive.db", Backend::Sqlite),
+            ("sqlite:archive.db", Backend::Sqlite),
+            ("postgres://chat@db/chat", Backend::Postgres),
+            (
+                "postgresql://chat:pw@db:5432/chat?sslmode=require",
+                Backend::Postgres,
+            ),
+        ] {
+            assert_eq!(Backend::of(url), Ok(backend), "{url}");
+        }
+        for (url, scheme) in [
+            ("mysql://chat@db/chat", "mysql"),
+            ("postgre://chat@db/chat", "postgre"),
+            ("SQLite://archive.db", "SQLite"),
+            ("file:///tmp/archive.db", "file"),
+            ("http://db/chat", "http"),
+        ] {
+            match Backend::of(url) {
+                Err(UnsupportedUrl::Scheme { scheme: got, .. }) => assert_eq!(got, scheme),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        for url in [
+            "data/archive.db",
+            "",
+            "./postgres:/x",
+            ":memory:",
+            "/tmp/a:b",
+        ] {
+            assert!(
+                matches!(Backend::of(url), Err(UnsupportedUrl::NoScheme { .. })),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_url_is_shown_without_its_password() {
+        let err = Backend::of("mysql://chat:s3cret@db/chat").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("\"mysql\""), "{message}");
+        assert!(message.contains("mysql://chat:***@db/chat"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+        assert_eq!(
+            redact("postgres://db/chat?user=chat&password=s3cret&sslmode=require"),
+            "postgres://db/chat?user=chat&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("sqlite://data/archive.db"),
+            "sqlite://data/archive.db"
+        );
+    }
+
+    #[test]
+    fn a_time_bound_is_rounded_up_to_the_stored_millisecond() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            ceil_millis(at("2026-11-28T15:01:59.9995Z")),
+            at("2026-11-28T15:02:00Z")
+        );
+        assert_eq!(
+            ceil_millis(at("2026-11-28T15:02:00.001Z")),
+            at("2026-11-28T15:02:00.001Z")
+        );
+    }
 }

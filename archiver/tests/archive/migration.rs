@@ -1,4 +1,5 @@
-//! Upgrading an archive made before full-text search: its messages become searchable.
+//! Upgrading a SQLite archive made before full-text search: its messages become searchable.
+//! (The PostgreSQL schema was born with search; it has no such history.)
 
 use archiver::search::Query;
 use archiver::Store;
@@ -10,7 +11,7 @@ async fn messages_archived_before_the_search_migration_are_found_after_it() {
     let database_url = format!("sqlite://{}", dir.path().join("archive.db").display());
     // The archive as the first release left it: only the first migration applied.
     let first = tempfile::tempdir().unwrap();
-    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite");
     let name = "20261128000001_events.sql";
     std::fs::copy(format!("{migrations}/{name}"), first.path().join(name)).unwrap();
     let mut db = sqlx::SqliteConnection::connect(&format!("{database_url}?mode=rwc"))

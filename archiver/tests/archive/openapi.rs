@@ -7,47 +7,48 @@ use serde_json::Value;
 
 use crate::helpers::{message, Archived};
 
-#[tokio::test]
-async fn the_openapi_document_describes_every_route_the_server_answers() {
-    let archived = Archived::new("openapi", &[message("lobby", "hello")]).await;
-    let archiver = &archived.archiver;
+on_both_backends! {
+    async fn the_openapi_document_describes_every_route_the_server_answers(backend) {
+        let archived = Archived::new(backend, "openapi", &[message("lobby", "hello")]).await;
+        let archiver = &archived.archiver;
 
-    let (status, doc) = archiver.get("/api/openapi.json").await;
-    assert_eq!(status, 200);
-    let version = doc["openapi"].as_str().unwrap();
-    assert!(version.starts_with("3.1."), "{version}");
-    let mut served = PATHS.map(str::to_owned).to_vec();
-    served.sort_unstable();
-    assert_eq!(sorted_keys(&doc["paths"]), served);
+        let (status, doc) = archiver.get("/api/openapi.json").await;
+        assert_eq!(status, 200);
+        let version = doc["openapi"].as_str().unwrap();
+        assert!(version.starts_with("3.1."), "{version}");
+        let mut served = PATHS.map(str::to_owned).to_vec();
+        served.sort_unstable();
+        assert_eq!(sorted_keys(&doc["paths"]), served);
 
-    for path in PATHS {
-        let url = path.replace("{room}", "lobby");
-        let (status, body) = archiver.get(&url).await;
-        assert_ne!(body["error"]["code"], "not_found", "{url} is not served");
-        assert!(
-            doc["paths"][path]["get"]["responses"][status.to_string()].is_object(),
-            "{path} does not document its {status}: {body}"
+        for path in PATHS {
+            let url = path.replace("{room}", "lobby");
+            let (status, body) = archiver.get(&url).await;
+            assert_ne!(body["error"]["code"], "not_found", "{url} is not served");
+            assert!(
+                doc["paths"][path]["get"]["responses"][status.to_string()].is_object(),
+                "{path} does not document its {status}: {body}"
+            );
+        }
+
+        // The Event schema names exactly the fields of a served message; those of a join (all
+        // but `text`) are required.
+        let schema = &doc["components"]["schemas"]["Event"];
+        let (_, page) = archiver.get("/api/rooms/lobby/events").await;
+        assert_eq!(
+            sorted_keys(&schema["properties"]),
+            sorted_keys(&page["events"][0])
         );
+        let join = serde_json::to_value(Event::new(EventKind::Join, "lobby", "bob", None, "gw"));
+        let mut required: Vec<String> = serde_json::from_value(schema["required"].clone()).unwrap();
+        required.sort_unstable();
+        assert_eq!(required, sorted_keys(&join.unwrap()));
+        assert_eq!(
+            schema["properties"]["type"]["enum"],
+            Value::from(vec!["message", "join", "leave"])
+        );
+
+        archived.stop().await;
     }
-
-    // The Event schema names exactly the fields of a served message; those of a join (all
-    // but `text`) are required.
-    let schema = &doc["components"]["schemas"]["Event"];
-    let (_, page) = archiver.get("/api/rooms/lobby/events").await;
-    assert_eq!(
-        sorted_keys(&schema["properties"]),
-        sorted_keys(&page["events"][0])
-    );
-    let join = serde_json::to_value(Event::new(EventKind::Join, "lobby", "bob", None, "gw"));
-    let mut required: Vec<String> = serde_json::from_value(schema["required"].clone()).unwrap();
-    required.sort_unstable();
-    assert_eq!(required, sorted_keys(&join.unwrap()));
-    assert_eq!(
-        schema["properties"]["type"]["enum"],
-        Value::from(vec!["message", "join", "leave"])
-    );
-
-    archived.stop().await;
 }
 
 fn sorted_keys(object: &Value) -> Vec<String> {
