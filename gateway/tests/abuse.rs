@@ -127,13 +127,14 @@ async fn a_client_that_never_answers_pings_is_closed_and_its_leave_is_published(
     .await;
     let mut ghost = Client::connect(&gateway).await;
     ghost.join("lobby", "ghost").await;
+    // The ghost's last frame was its join: from now on it sends nothing.
+    let started = tokio::time::Instant::now();
     let mut ghost = ghost.into_stream();
     let mut watcher = Client::connect(&gateway).await;
     watcher.join("lobby", "watcher").await;
 
     // The ghost reads nothing from now on, so it never answers a ping. The watcher reads
     // (and so answers pings) the whole time.
-    let started = tokio::time::Instant::now();
     let leave = watcher
         .recv_until(|f| f["type"] == "event" && f["event"]["type"] == "leave")
         .await;
