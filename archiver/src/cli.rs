@@ -134,6 +134,7 @@ async fn history(
     json: bool,
 ) -> anyhow::Result<()> {
     normalize::room(room)?;
+    let ranged = since.is_some() || before.is_some();
     let store = Store::open_existing(database_url).await?;
     let events = match &since {
         Some(start) => store.page_from(room, start, limit).await,
@@ -147,6 +148,17 @@ async fn history(
         ),
         (events, _) => events?,
     };
+    if events.is_empty() && !json {
+        // Say so on stderr, so that a script reading stdout still sees an empty history.
+        eprintln!(
+            "no events in room {room:?}{}",
+            if ranged {
+                " in that range"
+            } else {
+                " (the archive has no such room yet)"
+            }
+        );
+    }
     print_events(&events, json).await
 }
 

@@ -17,6 +17,11 @@ on_both_backends! {
         let output = archive.command(&["history", "no room"]);
         assert!(!output.status.success());
         assert!(String::from_utf8_lossy(&output.stderr).contains("room must be"));
+        // An empty room is not an error, but it is said: stdout stays empty for scripts.
+        let empty = archive.command(&["history", "nobody-here"]);
+        assert!(empty.status.success());
+        assert!(empty.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&empty.stderr).contains("no events in room \"nobody-here\""));
     }
 }
 
