@@ -53,18 +53,8 @@ BIN=$(pwd)/target/release
 port=5673
 while port_open "$port"; do port=$((port + 1)); done
 dir=$WORK/rabbitmq
-mkdir -p "$dir/mnesia" "$dir/log"
-echo "listeners.tcp.local = 127.0.0.1:$port" >"$dir/rabbitmq.conf"
-echo "[]." >"$dir/enabled_plugins"
-chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || true
 step "starting a private RabbitMQ node on 127.0.0.1:$port"
-env RABBITMQ_NODENAME="benchar$$@localhost" RABBITMQ_NODE_PORT="$port" \
-  RABBITMQ_DIST_PORT=$((port + 20000)) RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
-  RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
-  RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/pid" \
-  PATH="$PATH:/usr/sbin" rabbitmq-server -detached
-wait_port "$port" 120
-for _ in $(seq 50); do [[ -s $dir/pid ]] && break; sleep 0.2; done
+start_rabbitmq_node "benchar$$@localhost" "$port" "$dir"
 BROKER_PID=$(cat "$dir/pid")
 export AMQP_URL="amqp://127.0.0.1:$port/%2f"
 

@@ -92,17 +92,8 @@ private_broker_start() {
   fi
   private_node="chatbench$$-$RANDOM@localhost"
   local dir=$WORK/rabbitmq-$RANDOM
-  mkdir -p "$dir/mnesia" "$dir/log"
-  echo "listeners.tcp.local = 127.0.0.1:$port" >"$dir/rabbitmq.conf"
-  echo "[]." >"$dir/enabled_plugins"
-  chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || true
   step "starting a private RabbitMQ node ($private_node on 127.0.0.1:$port)"
-  env RABBITMQ_NODENAME="$private_node" RABBITMQ_NODE_PORT="$port" \
-    RABBITMQ_DIST_PORT=$((port + 20000)) RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
-    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/pid" \
-    PATH="$PATH:/usr/sbin" rabbitmq-server -detached
-  wait_port "$port" 120
+  start_rabbitmq_node "$private_node" "$port" "$dir"
   BROKER_PID=$(cat "$dir/pid")
   export AMQP_URL="amqp://127.0.0.1:$port/%2f"
   BROKER_NOTE="a private RabbitMQ node started for this run on 127.0.0.1:$port (\`--private-broker\`)"

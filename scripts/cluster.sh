@@ -34,24 +34,9 @@ ctl() {
 }
 
 start_node() {
-  local n=$1 dir=$DIR/node$1
-  if [[ ! -d $dir ]]; then
-    mkdir -p "$dir/mnesia" "$dir/log"
-    cat >"$dir/rabbitmq.conf" <<EOF
-listeners.tcp.local = 127.0.0.1:$(port "$n")
-loopback_users = none
-EOF
-    echo "[]." >"$dir/enabled_plugins"
-  fi
+  local n=$1
   chmod 755 "$DIR"
-  chown -R rabbitmq:rabbitmq "$DIR" 2>/dev/null || true
-  env RABBITMQ_NODENAME="$(node "$n")" RABBITMQ_NODE_PORT="$(port "$n")" \
-    RABBITMQ_DIST_PORT=$((BASE + 20000 + n)) RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
-    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/pid" \
-    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-setcookie $COOKIE" \
-    rabbitmq-server -detached
-  wait_port "$(port "$n")" 120
+  start_rabbitmq_node "$(node "$n")" "$(port "$n")" "$DIR/node$n" "-setcookie $COOKIE"
   ctl "$n" await_startup >/dev/null
 }
 

@@ -77,6 +77,28 @@ ensure_postgres() {
   wait_port 5432 60
 }
 
+# Starts a throwaway node of Debian's RabbitMQ beside the machine's own, as the rabbitmq
+# user: node name $1, AMQP port $2 on 127.0.0.1 (Erlang distribution on $2 + 20000), data,
+# logs and config under $3 (kept if present, so a stopped node can start again), extra
+# Erlang arguments in $4 (e.g. "-setcookie X"). No plugins. Returns once the port accepts
+# connections and the node's OS pid is in $3/pid.
+start_rabbitmq_node() {
+  local node=$1 port=$2 dir=$3 erl_args=${4:-}
+  mkdir -p "$dir/mnesia" "$dir/log"
+  [[ -f $dir/rabbitmq.conf ]] || echo "listeners.tcp.local = 127.0.0.1:$port" >"$dir/rabbitmq.conf"
+  [[ -f $dir/enabled_plugins ]] || echo "[]." >"$dir/enabled_plugins"
+  chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || true
+  env RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$port" \
+    RABBITMQ_DIST_PORT=$((port + 20000)) RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/pid" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$erl_args" \
+    PATH="$PATH:/usr/sbin" rabbitmq-server -detached
+  wait_port "$port" 120
+  local _
+  for _ in $(seq 50); do [[ -s $dir/pid ]] && break; sleep 0.2; done
+}
+
 # Builds the three binaries in release mode and sets BIN to their directory.
 build_release() {
   step "building (cargo build --release)"
