@@ -2,6 +2,7 @@
 //! a connection named after the service (visible in the management UI), retry with capped
 //! exponential backoff, and URLs with the password masked before they reach a log line.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,7 +143,9 @@ pub struct Supervisor {
     /// Where to report the broker blocking this connection's publishes, if anywhere.
     blocked: Option<Arc<Blocked>>,
     /// Follows the current connection's blocked/unblocked notices.
-    tracker: Option<tokio::task::JoinHandle<()>>,
+    tracker: Option<Tracker>,
+    /// Whether the current session has called [`Supervisor::up`].
+    set_up: Arc<AtomicBool>,
 }
 
 /// What a service does on each broker connection that a [`Supervisor`] opens for it.
@@ -203,19 +206,21 @@ const PROBE_ROUTING_KEY: &str = "chat.blocked-probe.unroutable";
 /// idle one stays "blocking" and unaware. So this also publishes an empty, unroutable probe
 /// every second while not blocked: the alarm is then known within about a second, before
 /// any client's message runs into it.
-async fn track_blocked(
-    connection: &Connection,
-    blocked: Arc<Blocked>,
-    service: String,
-) -> tokio::task::JoinHandle<()> {
+async fn track_blocked(connection: &Connection, blocked: Arc<Blocked>, service: String) -> Tracker {
     use futures_util::StreamExt;
     let mut events = connection.events_listener();
     let probe = connection.create_channel().await.ok();
-    tokio::spawn(async move {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(PROBE_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = stopped.cancelled() => {
+                    close_channels(probe.as_slice()).await;
+                    return;
+                }
                 event = events.next() => match event {
                     Some(lapin::Event::ConnectionBlocked(reason)) => {
                         tracing::warn!(%service, %reason, "the broker is blocking publishes (resource alarm)");
@@ -243,7 +248,28 @@ async fn track_blocked(
                 }
             }
         }
-    })
+    });
+    Tracker { task, stop }
+}
+
+/// The task following one connection's blocked/unblocked notices, and how to stop it.
+#[derive(Debug)]
+struct Tracker {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Tracker {
+    /// Stops the task, which closes its probe channel first (see [`close_channels`]).
+    async fn stop(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), self.task)
+            .await
+            .is_err()
+        {
+            tracing::debug!("the blocked-tracker did not stop in time");
+        }
+    }
 }
 
 impl Supervisor {
@@ -256,6 +282,7 @@ impl Supervisor {
             backoff: Backoff::default(),
             blocked: None,
             tracker: None,
+            set_up: Arc::default(),
         }
     }
 
@@ -285,19 +312,42 @@ impl Supervisor {
 
     /// Runs `session` on one connection after another until shutdown: the connect / run
     /// / ended loop of every service that holds a broker session.
-    pub async fn run(mut self, session: &mut impl Session) {
+    ///
+    /// A session that fails because a queue exists with other arguments
+    /// ([`QueueConflict`](crate::topology::QueueConflict): a classic queue from an older
+    /// version) is not retried, since only an operator can fix it: the supervisor logs it,
+    /// cancels `shutdown` so that the whole service stops, and returns the error.
+    pub async fn run(mut self, session: &mut impl Session) -> anyhow::Result<()> {
         while let Some(connection) = self.connect().await {
-            let outcome = session.run(&connection, &mut self).await;
+            self.set_up.store(false, Ordering::Relaxed);
+            let (set_up, shutdown) = (self.set_up.clone(), self.shutdown.clone());
+            let outcome = tokio::select! {
+                outcome = session.run(&connection, &mut self) => outcome,
+                stalled = stalled_set_up(&set_up, &shutdown) => stalled,
+            };
             session.down();
+            if let Err(err) = &outcome {
+                if err
+                    .downcast_ref::<crate::topology::QueueConflict>()
+                    .is_some()
+                {
+                    tracing::error!(service = %self.service, error = format!("{err:#}"), "refusing to run");
+                    close(connection).await;
+                    self.shutdown.cancel();
+                    return outcome;
+                }
+            }
             if !self.ended(connection, outcome).await {
                 break;
             }
         }
+        Ok(())
     }
 
     /// Tells the supervisor the session is fully up, so the next outage starts its backoff
     /// from the shortest delay again.
     pub fn up(&mut self) {
+        self.set_up.store(true, Ordering::Relaxed);
         self.backoff.reset();
         metrics::gauge!("chat_broker_connected", "service" => self.service.clone()).set(1.0);
     }
@@ -306,13 +356,13 @@ impl Supervisor {
     pub async fn ended(&mut self, connection: Connection, outcome: anyhow::Result<()>) -> bool {
         metrics::gauge!("chat_broker_connected", "service" => self.service.clone()).set(0.0);
         if let Some(tracker) = self.tracker.take() {
-            tracker.abort();
+            tracker.stop().await;
         }
         if let Some(blocked) = &self.blocked {
             // A new connection starts unblocked; the broker blocks it again if need be.
             blocked.set(None, &self.service);
         }
-        let _ = connection.close(200, "closing".into()).await;
+        close(connection).await;
         match outcome {
             Ok(()) => false,
             Err(err) => {
@@ -329,6 +379,52 @@ impl Supervisor {
     }
 }
 
+/// How long a session may take to declare what it needs and start consuming. The broker
+/// answers each declaration in milliseconds; what it never answers is a declaration of a
+/// quorum queue that has no leader (after a node crash, say): lapin then waits for ever,
+/// silently. Generous, because a gateway's set-up grows with what it serves (it binds every
+/// served room before it is up, one round trip each, on a broker that may be loaded).
+pub const SET_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Completes only while a session is still setting up (before [`Supervisor::up`]): with
+/// `Ok` on shutdown, so a declaration the broker never answers cannot keep the service from
+/// stopping, or with an error after [`SET_UP_TIMEOUT`], so the operator reads why the
+/// service is stuck and the supervisor tries a fresh connection. A session that is up
+/// handles shutdown and failures itself; this then never completes.
+async fn stalled_set_up(set_up: &AtomicBool, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(SET_UP_TIMEOUT) => {}
+    }
+    if set_up.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the broker did not answer the session's declarations within {} s (a quorum queue without a leader does this: see RELIABILITY.md)",
+            SET_UP_TIMEOUT.as_secs()
+        )
+    }
+}
+
+/// How long closing a connection may take. A connection the broker has just closed or
+/// lost can leave lapin waiting for a `close-ok` that never comes; without a bound the
+/// supervisor would never reconnect, and the service never stop (seen when a cluster node
+/// was stopped under a gateway).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Closes `connection`, giving up after [`CLOSE_TIMEOUT`] (dropping it then drops the socket).
+async fn close(connection: Connection) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into()))
+        .await
+        .is_err()
+    {
+        tracing::debug!("the broker connection did not close in time; dropping it");
+    }
+}
+
 /// Capped exponential backoff with jitter, so that many services restarting together do
 /// not reconnect in lockstep.
 #[derive(Debug, Clone)]
@@ -339,10 +435,12 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 100 ms doubling to 2 s: after an outage the broker is found again within about
-    /// 2.5 s, and a broker that stays down costs one connection attempt every 2 s.
+    /// 100 ms doubling to 1 s: after an outage the broker is found again within 1.25 s
+    /// (the wait for the reconnect was most of the time messages took to flow again after a
+    /// broker restart: scripts/flow-back.sh), and a broker that stays down costs one
+    /// refused connection attempt a second per service, which is nothing.
     fn default() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(2))
+        Self::new(Duration::from_millis(100), Duration::from_secs(1))
     }
 }
 
@@ -419,9 +517,102 @@ fn redact_one(url: &str) -> String {
     }
 }
 
+/// Opens a channel on `connection`, failing with the error every service reports.
+pub async fn open_channel(connection: &Connection) -> anyhow::Result<lapin::Channel> {
+    use anyhow::Context;
+    connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")
+}
+
+/// How a consumer's deliveries are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// The consumer acks (or rejects) each delivery: what is not acked is redelivered.
+    Manual,
+    /// The broker forgets a delivery once sent (`no-ack`): for what may be lost, such as
+    /// direct replies and presence.
+    Auto,
+}
+
+/// Starts consuming `queue` on `channel` under consumer tag `tag` (empty: the broker picks
+/// one), failing with an error that names the queue.
+pub async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+    acks: Acks,
+) -> anyhow::Result<lapin::Consumer> {
+    use anyhow::Context;
+    let options = lapin::options::BasicConsumeOptions {
+        no_ack: acks == Acks::Auto,
+        ..lapin::options::BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            options,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("Failed to consume from {queue}"))
+}
+
+/// Closes `channels` and waits for the broker's answer, before the connection is closed at
+/// shutdown. Dropping them instead makes each close itself in the background, racing the
+/// connection's close, and lapin logs "invalid channel state: Closing" for a clean stop.
+pub async fn close_channels(channels: &[lapin::Channel]) {
+    for channel in channels {
+        if channel.status().connected() {
+            // Bounded like the connection's close (see `CLOSE_TIMEOUT`).
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shutting down".into()))
+                .await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_stuck_setting_up_lets_the_service_stop_at_once() {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let outcome = stalled_set_up(&AtomicBool::new(false), &shutdown).await;
+        assert!(outcome.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_stuck_setting_up_is_reported_and_retried_after_the_timeout() {
+        let started = tokio::time::Instant::now();
+        let err = stalled_set_up(&AtomicBool::new(false), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), SET_UP_TIMEOUT);
+        assert!(
+            err.to_string().contains("quorum queue without a leader"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_is_up_handles_shutdown_itself() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let set_up = AtomicBool::new(true);
+        let stalled = stalled_set_up(&set_up, &shutdown);
+        let waited = tokio::time::timeout(SET_UP_TIMEOUT * 2, stalled).await;
+        assert!(waited.is_err(), "never completes once the session is up");
+    }
 
     #[test]
     fn passwords_never_reach_the_logs() {

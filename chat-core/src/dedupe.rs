@@ -40,6 +40,11 @@ impl RecentIds {
         true
     }
 
+    /// Whether `id` is within the window, without recording it.
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
     /// Forgets ids recorded by a batch that then failed, so its retry is not dropped.
     pub fn forget(&mut self, ids: &[&str]) {
         for id in ids {

@@ -48,6 +48,10 @@ fn describe() {
         "chat_dead_lettered_total",
         "Deliveries rejected as not valid events (dead-lettered), by consumer"
     );
+    describe_counter!(
+        "chat_log_skipped_total",
+        "Entries of the event log stream a reader did not hand on, by reader and why"
+    );
     describe_histogram!(
         "chat_batch_seconds",
         Unit::Seconds,
@@ -75,6 +79,10 @@ fn describe() {
     describe_counter!(
         "chat_history_requests_total",
         "History requests answered by the archiver, by outcome"
+    );
+    describe_counter!(
+        "chat_history_asks_total",
+        "History a gateway needed, by role: asked of the archive, or shared with an identical request in flight"
     );
     describe_gauge!(
         "chat_clients_connected",

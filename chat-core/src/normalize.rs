@@ -16,18 +16,43 @@ pub struct Limits {
     pub max_frame: usize,
 }
 
+impl Limits {
+    /// What a gateway accepts from clients unless configured otherwise.
+    pub const DEFAULT: Limits = Limits {
+        max_name: 32,
+        max_text: 4000,
+        max_frame: 16 * 1024,
+    };
+
+    /// The bounds every consumer enforces on deliveries (`Event::decode`): generous enough
+    /// for any sane gateway configuration, tight enough that one delivery cannot make a
+    /// consumer allocate without limit. A gateway configured above them would ack messages
+    /// that every consumer then dead-letters, so its configuration is refused.
+    pub const DECODE: Limits = Limits {
+        max_name: 128,
+        max_text: 64 * 1024,
+        max_frame: 0,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_name: 32,
-            max_text: 4000,
-            max_frame: 16 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
 /// Longest room name, in bytes (rooms are ASCII).
 pub const MAX_ROOM: usize = 64;
+
+/// Longest reason for a deletion, in characters after normalisation.
+pub const MAX_REASON: usize = 200;
+
+/// Longest reaction key, in bytes (UTF-8): room for one emoji of several code points (a
+/// family, a flag, a skin tone), not for a sentence.
+pub const MAX_KEY_BYTES: usize = 32;
+
+/// Longest reaction key, in characters (Unicode scalar values).
+pub const MAX_KEY_CHARS: usize = 8;
 
 /// Why a string was refused; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +63,13 @@ pub enum Invalid {
     Name { max: usize },
     #[error("text must be 1 to {max} characters")]
     Text { max: usize },
+    #[error("reason must be 1 to {MAX_REASON} characters")]
+    Reason,
+    #[error(
+        "a reaction key must be one emoji: 1 to {MAX_KEY_CHARS} characters and at most \
+         {MAX_KEY_BYTES} bytes, not plain ASCII, without white space or control characters"
+    )]
+    Key,
 }
 
 /// Checks a room name. Rooms are plain ASCII so that they are safe in queue names, URLs,
@@ -74,7 +106,7 @@ fn normalise_name(raw: &str, limits: &Limits) -> Result<String, Invalid> {
     let trimmed = normalised.trim();
     if trimmed.is_empty()
         || trimmed.chars().count() > limits.max_name
-        || trimmed.chars().any(is_forbidden_in_name)
+        || trimmed.chars().any(is_invisible_control)
     {
         return Err(err);
     }
@@ -89,6 +121,38 @@ pub fn text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
         return Ok(raw.to_owned());
     }
     normalise_text(raw, limits)
+}
+
+/// Normalises the reason given for a deletion: like message text (NFC, line breaks kept,
+/// other control characters dropped), at most [`MAX_REASON`] characters.
+pub fn reason(raw: &str) -> Result<String, Invalid> {
+    let limits = Limits {
+        max_text: MAX_REASON,
+        ..Limits::DEFAULT
+    };
+    text(raw, &limits).map_err(|_| Invalid::Reason)
+}
+
+/// Checks a reaction key: Unicode NFC (a key that is not is refused, never rewritten, so
+/// that one emoji is one key), 1 to [`MAX_KEY_CHARS`] characters and at most
+/// [`MAX_KEY_BYTES`] bytes, no white space, no control, line-separator or bidi character, and
+/// at least one character outside ASCII: an emoji, not a word (`+1`, `lol` are refused; a
+/// keycap such as `1️⃣` passes).
+pub fn reaction_key(raw: &str) -> Result<String, Invalid> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_KEY_BYTES
+        && raw.chars().count() <= MAX_KEY_CHARS
+        && !raw.is_ascii()
+        && !raw
+            .chars()
+            .any(|c| c.is_whitespace() || is_invisible_control(c))
+        && is_nfc_quick(raw.chars()) != IsNormalized::No
+        && raw.nfc().eq(raw.chars());
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(Invalid::Key)
+    }
 }
 
 /// [`text`] the long way, for every input.
@@ -108,7 +172,7 @@ fn normalise_text(raw: &str, limits: &Limits) -> Result<String, Invalid> {
             }
             '\n' => out.push('\n'),
             '\t' => out.push(' '),
-            c if is_forbidden_in_name(c) => {}
+            c if is_invisible_control(c) => {}
             c => out.push(c),
         }
     }
@@ -142,7 +206,7 @@ fn plain_name(raw: &str, limits: &Limits) -> bool {
     is_nfc_quick(raw.chars()) == IsNormalized::Yes
         && !raw.is_empty()
         && raw.trim() == raw
-        && !raw.chars().any(is_forbidden_in_name)
+        && !raw.chars().any(is_invisible_control)
         && raw.chars().count() <= limits.max_name
 }
 
@@ -150,12 +214,14 @@ fn plain_name(raw: &str, limits: &Limits) -> bool {
 fn plain_text(raw: &str, limits: &Limits) -> bool {
     is_nfc_quick(raw.chars()) == IsNormalized::Yes
         && !raw.trim().is_empty()
-        && !raw.chars().any(|c| c != '\n' && is_forbidden_in_name(c))
+        && !raw.chars().any(|c| c != '\n' && is_invisible_control(c))
         && raw.chars().count() <= limits.max_text
 }
 
-/// Control characters, Unicode line/paragraph separators and bidirectional controls.
-fn is_forbidden_in_name(c: char) -> bool {
+/// Characters refused in names and dropped from message text (where only `\n` is kept):
+/// control characters, Unicode line/paragraph separators and bidirectional controls, which
+/// could break a log line or make text read differently from what was sent.
+fn is_invisible_control(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -206,6 +272,43 @@ mod tests {
             proptest::prop_assert_eq!(&name(&raw, &l), &full);
             proptest::prop_assert_eq!(is_normal_name(&raw, &l), full.map(|n| n == raw));
         }
+    }
+
+    #[test]
+    fn reaction_keys_are_short_emoji_and_nothing_else() {
+        for key in ["👍", "❤️", "🎉", "1️⃣", "👨‍👩‍👧‍👦", "🇫🇷", "👍🏽"]
+        {
+            assert_eq!(reaction_key(key).as_deref(), Ok(key), "{key}");
+        }
+        for key in [
+            "",
+            "+1",
+            "lol",
+            "👍 ",
+            " 👍",
+            "👍\n",
+            "\u{202E}👍",
+            "👍👍👍👍👍👍👍👍👍",
+            "e\u{301}",
+        ] {
+            assert_eq!(reaction_key(key), Err(Invalid::Key), "{key:?}");
+        }
+        assert_eq!(
+            reaction_key(&"🎉".repeat(9)),
+            Err(Invalid::Key),
+            "too many bytes"
+        );
+    }
+
+    #[test]
+    fn a_reason_is_normalised_like_text_and_short() {
+        assert_eq!(reason("spam\r\n").as_deref(), Ok("spam\n"));
+        assert_eq!(
+            reason(&"x".repeat(MAX_REASON)).map(|r| r.len()),
+            Ok(MAX_REASON)
+        );
+        assert_eq!(reason(&"x".repeat(MAX_REASON + 1)), Err(Invalid::Reason));
+        assert_eq!(reason("  "), Err(Invalid::Reason));
     }
 
     #[test]

@@ -50,3 +50,33 @@ pub fn routes(
 fn with(ready: Readiness) -> impl Filter<Extract = (Readiness,), Error = Infallible> + Clone {
     warp::any().map(move || ready.clone())
 }
+
+/// A JSON error response, the one shape every service's HTTP errors take:
+/// `{"error": {"code": …, "message": …}}` (docs/api.md).
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// Turns the rejections no route answered into JSON errors: 405 for a wrong method, 400
+/// for a malformed query string, else 404. Every service ends its routes with
+/// `.recover(probes::unanswered)`.
+pub async fn unanswered(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    Ok(
+        if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "only GET is supported",
+            )
+        } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "the query string is malformed",
+            )
+        } else {
+            json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        },
+    )
+}

@@ -19,13 +19,12 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
-    types::FieldTable,
+    options::{BasicAckOptions, BasicQosOptions, BasicRejectOptions},
     Connection,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Backoff, Session, Supervisor};
+use crate::broker::{self, Acks, Backoff, Session, Supervisor};
 use crate::event::Event;
 use crate::topology::Topology;
 
@@ -51,6 +50,9 @@ pub struct SubscriberConfig {
     pub batch_max: usize,
     /// How long a batch may wait for more events after its first.
     pub batch_linger: std::time::Duration,
+    /// The event log stream to declare, with this retention, before the subscriber's own
+    /// queue: the archiver's, so that the stream holds every event the archive does.
+    pub log_stream: Option<crate::log_stream::LogRetention>,
 }
 
 /// Whether the subscriber is connected and consuming, for `/healthz`-style probes.
@@ -75,13 +77,15 @@ impl Readiness {
 }
 
 /// Runs the subscriber until `shutdown` is cancelled: finishes and acks the batch in hand,
-/// closes the connection and returns.
+/// closes the connection and returns. Returns an error (and cancels `shutdown`) only when
+/// its queue exists with other arguments ([`crate::topology::QueueConflict`]): retrying
+/// would not help.
 pub async fn run<S: EventSink>(
     config: SubscriberConfig,
     mut sink: S,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     // Not `report_blocked`: a subscriber never publishes, so the broker never blocks it
     // during an alarm, and it should keep draining its queue (which frees broker memory).
     let supervisor = Supervisor::new(&config.amqp_url, &config.name, shutdown.clone());
@@ -91,8 +95,9 @@ pub async fn run<S: EventSink>(
         readiness: &readiness,
         shutdown: &shutdown,
     };
-    supervisor.run(&mut subscription).await;
+    let outcome = supervisor.run(&mut subscription).await;
     tracing::info!(subscriber = %config.name, "subscriber stopped");
+    outcome
 }
 
 /// What a subscriber does on each broker connection.
@@ -134,15 +139,19 @@ async fn consume<S: EventSink>(
     supervisor: &mut Supervisor,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let channel = crate::broker::open_channel(connection).await?;
     config
         .topology
         .declare_base(&channel)
         .await
         .context("Failed to declare the exchanges")?;
+    if let Some(retention) = &config.log_stream {
+        config
+            .topology
+            .declare_log_stream(&channel, retention)
+            .await
+            .context("Failed to declare the event log stream")?;
+    }
     let queue = config
         .topology
         .declare_subscriber_queue(&channel, &config.name)
@@ -152,15 +161,7 @@ async fn consume<S: EventSink>(
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
         .context("Failed to set the prefetch")?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            config.name.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("Failed to consume from {queue}"))?;
+    let mut consumer = broker::consume(&channel, &queue, &config.name, Acks::Manual).await?;
     readiness.set(true);
     supervisor.up();
     tracing::info!(subscriber = %config.name, %queue, prefetch = config.prefetch, "consuming");
@@ -170,7 +171,10 @@ async fn consume<S: EventSink>(
         // finished and acked before the subscriber stops.
         let first = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                crate::broker::close_channels(&[channel]).await;
+                return Ok(());
+            }
             next = consumer.next() => next,
         };
         let Some(first) = first else {
@@ -197,8 +201,9 @@ async fn consume<S: EventSink>(
         };
         let started = std::time::Instant::now();
         if !write_with_retry(sink, &events, &config.name, shutdown).await {
-            // Shutdown during a storage outage: leave the batch unacked; the broker
-            // redelivers it to the next run.
+            // Shutdown during a storage outage: leave the batch unacked; closing the channel
+            // hands it back to the queue at once, for the next run.
+            crate::broker::close_channels(&[channel]).await;
             return Ok(());
         }
         let acked = last_delivery

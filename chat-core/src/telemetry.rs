@@ -5,8 +5,12 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// Whether [`init`] ran: a service's errors then go to its log, a command's to stderr.
+static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Installs the global subscriber. Safe to call twice (tests): later calls do nothing.
 pub fn init() {
+    LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     use std::io::IsTerminal;
@@ -20,4 +24,22 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+}
+
+/// How every binary ends, so they all end alike: success exits 0; an error is reported
+/// once, with its cause chain, and exits 1. A service (logging set up) logs it as an error
+/// event, so it lands where its other logs go, in JSON too; a command (`archiver history`,
+/// `logger tail`, a refused setting before logging starts) prints `name: error` on stderr.
+pub fn finish(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            if LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(error = %format_args!("{err:#}"), "{name} failed");
+            } else {
+                eprintln!("{name}: {err:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

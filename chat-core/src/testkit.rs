@@ -25,12 +25,18 @@ pub fn unique_prefix(name: &str) -> String {
     format!("t-{name}-{}", &id[id.len() - 10..])
 }
 
-/// A direct connection to the test broker.
+/// A direct connection to the test broker. It deletes the test's broker objects when the
+/// test calls [`Broker::cleanup`], and also when a failing test unwinds past it, so no run
+/// leaves `t-*` queues or exchanges behind. (Dropped without a panic, it only closes its
+/// connection: some tests drop it on purpose before an outage and clean up later; one that
+/// forgets is caught by `scripts/test.sh`'s leftover check.)
 pub struct Broker {
     /// The connection.
     pub connection: Connection,
     /// The test's names.
     pub topology: Topology,
+    /// Whether [`Broker::cleanup`] ran.
+    cleaned: bool,
 }
 
 impl Broker {
@@ -48,6 +54,7 @@ impl Broker {
         Self {
             connection,
             topology,
+            cleaned: false,
         }
     }
 
@@ -106,6 +113,14 @@ impl Broker {
             .message_count()
     }
 
+    /// How many consumers `queue` has.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.inspect(queue)
+            .await
+            .expect("queue exists")
+            .consumer_count()
+    }
+
     /// Whether `queue` exists.
     pub async fn queue_exists(&self, queue: &str) -> bool {
         self.inspect(queue).await.is_ok()
@@ -124,34 +139,87 @@ impl Broker {
     }
 
     /// Deletes everything the test's prefix created, so the broker is left as found.
-    pub async fn cleanup(self) {
-        let channel = self.connection.create_channel().await.expect("channel");
-        let t = &self.topology;
-        for queue in [
-            t.dead_queue(),
-            t.history_queue(),
-            t.subscriber_queue("logger"),
-            t.subscriber_queue("archiver"),
-        ] {
-            let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [t.events_exchange(), t.dead_letter_exchange()] {
-            let _ = channel
-                .exchange_delete(exchange.into(), Default::default())
-                .await;
-        }
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        delete_objects(&self.connection, &self.topology).await;
         let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.cleaned || !std::thread::panicking() {
+            return;
+        }
+        // A test that ended early (a failed assertion): delete its objects from a thread
+        // of its own, since an async runtime may be unwinding around us.
+        let topology = self.topology.clone();
+        let done = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(connection) = connect(&amqp_url(), "test cleanup").await {
+                    delete_objects(&connection, &topology).await;
+                    let _ = connection.close(200, "test cleanup".into()).await;
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// Deletes the queues and exchanges of a test's prefix that outlive their connections.
+async fn delete_objects(connection: &Connection, t: &Topology) {
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for queue in [
+        t.dead_queue(),
+        t.history_queue(),
+        t.subscriber_queue("logger"),
+        t.subscriber_queue("archiver"),
+        t.log_stream(),
+    ] {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        t.rooms_exchange(),
+        t.events_exchange(),
+        t.dead_letter_exchange(),
+        t.presence_exchange(),
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.into(), Default::default())
+            .await;
     }
 }
 
 /// `GET path` on `addr`; returns the status and body, or status 0 if nothing listens.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, &[]).await
+}
+
+/// `GET path` with extra headers (`("Authorization", "Bearer …")`), as [`http_get`].
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");

@@ -24,6 +24,64 @@ fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Objects that look like edits, deletions, reactions and role changes, with each field
+/// sometimes wrong or missing, or given to the wrong kind.
+fn action_like() -> impl Strategy<Value = Value> {
+    let maybe =
+        |s: BoxedStrategy<Value>| prop_oneof![3 => s, 1 => Just(Value::Null), 1 => any_json()];
+    (
+        prop_oneof![
+            Just(json!("edit")),
+            Just(json!("delete")),
+            Just(json!("react")),
+            Just(json!("role_granted")),
+            Just(json!("role_revoked")),
+            Just(json!("message")),
+        ],
+        maybe("[0-9a-f-]{1,40}".prop_map(Value::from).boxed()),
+        maybe("[a-z \n]{1,20}[a-z]".prop_map(Value::from).boxed()),
+        maybe(
+            prop_oneof![
+                Just(json!("👍")),
+                Just(json!("🎉")),
+                ".{0,12}".prop_map(Value::from)
+            ]
+            .boxed(),
+        ),
+        maybe(
+            prop_oneof![
+                Just(json!("add")),
+                Just(json!("remove")),
+                ".{0,6}".prop_map(Value::from)
+            ]
+            .boxed(),
+        ),
+        maybe(".{0,240}".prop_map(Value::from).boxed()),
+        maybe(prop_oneof![Just(json!("moderator")), Just(json!("member"))].boxed()),
+        maybe("[a-z]{1,10}".prop_map(Value::from).boxed()),
+        prop_oneof![4 => Just(json!(2)), 1 => Just(json!(1))],
+    )
+        .prop_map(|(kind, target, text, key, op, reason, role, member, v)| {
+            let mut event = json!({"v": v, "id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                "type": kind, "room": "lobby", "user": "alice",
+                "at": "2026-11-28T15:03:15.123Z", "gateway": "gw-1"});
+            for (field, value) in [
+                ("target", target),
+                ("text", text),
+                ("key", key),
+                ("op", op),
+                ("reason", reason),
+                ("role", role),
+                ("member", member),
+            ] {
+                if !value.is_null() {
+                    event[field] = value;
+                }
+            }
+            event
+        })
+}
+
 /// Objects that look like events, with each field sometimes wrong.
 fn event_like() -> impl Strategy<Value = Value> {
     (
@@ -52,6 +110,14 @@ fn event_like() -> impl Strategy<Value = Value> {
 
 fn check_accepted(event: &Event) {
     assert!(event.validate().is_ok());
+    // Exactly the fields of its kind, each valid.
+    if event.kind.is_action() {
+        assert!(event.target.as_deref().is_some_and(chat_core::event::is_id));
+    }
+    if let Some(key) = &event.key {
+        assert_eq!(chat_core::normalize::reaction_key(key).as_ref(), Ok(key));
+    }
+    assert!(!event.deleted && event.edited_at.is_none() && event.reactions.is_empty());
     // What is accepted re-encodes to something accepted again, identically.
     let again = Event::decode(event.to_json().as_bytes()).expect("re-decodes");
     assert_eq!(&again, event);
@@ -73,6 +139,22 @@ proptest! {
     fn arbitrary_json_never_panics_the_decoder(value in any_json()) {
         if let Ok(event) = Event::decode(value.to_string().as_bytes()) {
             check_accepted(&event);
+        }
+    }
+
+    #[test]
+    fn action_like_objects_are_accepted_only_with_exactly_their_kinds_valid_fields(value in action_like()) {
+        if let Ok(event) = Event::decode(value.to_string().as_bytes()) {
+            check_accepted(&event);
+            let kind = value["type"].as_str().unwrap_or_default();
+            for field in ["target", "text", "key", "op", "reason", "role", "member"] {
+                let need = event.kind.need(
+                    *chat_core::event::KindField::ALL.iter().find(|f| f.as_str() == field).unwrap(),
+                );
+                if need == chat_core::event::Need::Refused {
+                    prop_assert!(value.get(field).is_none(), "{kind} accepted with {field}");
+                }
+            }
         }
     }
 
