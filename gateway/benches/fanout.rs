@@ -39,7 +39,17 @@ fn fanout(c: &mut Criterion) {
             for conn in 0..n as u64 {
                 let (outbox, inbox) = outbox::channel::<Outbound>(1 << 16);
                 let kick = CancellationToken::new();
-                rooms.join("lobby", conn, Member { outbox, kick });
+                rooms.join(
+                    "lobby",
+                    conn,
+                    Member {
+                        outbox,
+                        kick,
+                        user: None,
+                        name: format!("u{conn}").into(),
+                        admin: false,
+                    },
+                );
                 inboxes.push(inbox);
             }
             b.iter_custom(|iters| {

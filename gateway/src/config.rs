@@ -18,7 +18,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 #[command(
     name = "gateway",
     version,
-    about = "Websocket chat gateway over a RabbitMQ fanout exchange"
+    about = "Websocket chat gateway over a RabbitMQ fanout exchange",
+    after_help = "To mint a token for AUTH_MODE=token: gateway token --sub alice --name Alice --ttl 1h"
 )]
 pub struct Config {
     #[command(flatten)]
@@ -30,13 +31,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ID")]
     pub gateway_id: Option<String>,
     /// Longest user name, in characters.
-    #[arg(long, env = "MAX_NAME", default_value_t = 32)]
+    #[arg(long, env = "MAX_NAME", default_value_t = Limits::DEFAULT.max_name)]
     pub max_name: usize,
     /// Longest message text, in characters.
-    #[arg(long, env = "MAX_TEXT", default_value_t = 4000)]
+    #[arg(long, env = "MAX_TEXT", default_value_t = Limits::DEFAULT.max_text)]
     pub max_text: usize,
     /// Largest client frame, in bytes; larger ones get a `too_large` error.
-    #[arg(long, env = "MAX_FRAME", default_value_t = 16 * 1024)]
+    #[arg(long, env = "MAX_FRAME", default_value_t = Limits::DEFAULT.max_frame)]
     pub max_frame: usize,
     /// How many events a joining client receives as history.
     #[arg(long, env = "HISTORY_LIMIT", default_value_t = 50)]
@@ -50,6 +51,16 @@ pub struct Config {
     /// Frames queued for one client before it is disconnected as too slow.
     #[arg(long, env = "CLIENT_QUEUE", default_value_t = 1024)]
     pub client_queue: usize,
+    /// Milliseconds a client's writer waits after the first frame of a burst, so that what
+    /// queues up meanwhile goes out in one socket write (Centrifugo's `write_delay`). Saves
+    /// CPU per delivery when a client gets several messages within the delay, and delays
+    /// every message by up to this much. 0 (the default): write at once.
+    #[arg(long, env = "WRITE_DELAY_MS", default_value_t = 0)]
+    pub write_delay_ms: u64,
+    /// With `WRITE_DELAY_MS`: most frames in one write; a longer queue goes out in several
+    /// writes straight away.
+    #[arg(long, env = "WRITE_MAX_MESSAGES", default_value_t = 64)]
+    pub write_max_messages: usize,
     /// Frames per second one client may send (a token bucket refilled at this rate).
     #[arg(long, env = "RATE_LIMIT", default_value_t = 20)]
     pub rate_limit: u32,
@@ -78,6 +89,15 @@ pub struct Config {
     pub ping_timeout_ms: u64,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub auth: chat_core::auth::AuthArgs,
+    /// `AUTH_MODE=token`: milliseconds a new connection has to send its token.
+    #[arg(long, env = "AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub auth_timeout_ms: u64,
+    /// `AUTH_MODE=token`: milliseconds an open connection may go on after its token's `exp`
+    /// (a page refreshing its token a little late is not cut off) before it is closed (4002).
+    #[arg(long, env = "AUTH_GRACE_MS", default_value_t = 10_000)]
+    pub auth_grace_ms: u64,
     /// Origins allowed to open the websocket, comma-separated (e.g.
     /// `https://chat.example.com`). The gateway's own origin and localhost are always allowed;
     /// `*` allows any. Requests without an `Origin` header (non-browser clients) are allowed.
@@ -86,13 +106,39 @@ pub struct Config {
     /// Most unacked deliveries from the gateway's queue (AMQP prefetch).
     #[arg(long, env = "GATEWAY_PREFETCH", default_value_t = 1024)]
     pub prefetch: u16,
+    /// Route to this gateway only the events of the rooms it has members in (its queue is
+    /// bound to `<prefix>.rooms` per room), plus the membership events every gateway needs.
+    /// `false`: its queue gets every event of the whole system, as before.
+    #[arg(long, env = "ROUTE_BY_ROOM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub route_by_room: bool,
+    /// How often a gateway tells the others its whole presence state, in milliseconds.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_MS", default_value_t = 10_000)]
+    pub presence_heartbeat_ms: u64,
+    /// A gateway not heard from for this long (it died without a word) is forgotten with
+    /// all its members, in milliseconds; at least twice the heartbeat.
+    #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 30_000)]
+    pub presence_ttl_ms: u64,
+    /// Presence changes are batched: clients get at most one `presence_diff` per room per
+    /// this many milliseconds.
+    #[arg(long, env = "PRESENCE_FLUSH_MS", default_value_t = 1000)]
+    pub presence_flush_ms: u64,
+    /// A user gone for less than this (a reconnect) is not announced as leaving, in
+    /// milliseconds.
+    #[arg(long, env = "PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
+    /// Above this many users online in a room, clients get only counts; above this many
+    /// local members, `join` and `leave` events are no longer sent to each member.
+    #[arg(long, env = "PRESENCE_MAX_LIST", default_value_t = 200)]
+    pub presence_max_list: usize,
+    /// How long a client shows someone as typing after their last `typing` start, in
+    /// milliseconds (the `ttl_ms` clients get).
+    #[arg(long, env = "TYPING_TTL_MS", default_value_t = 6000)]
+    pub typing_ttl_ms: u64,
 }
 
-/// The largest `MAX_NAME` and `MAX_TEXT` that every consumer accepts (see
-/// `Event::validate`): a gateway configured above them would ack messages that every
-/// consumer then dead-letters.
-const CONSUMER_MAX_NAME: usize = 128;
-const CONSUMER_MAX_TEXT: usize = 64 * 1024;
+/// The largest `MAX_NAME` and `MAX_TEXT` that every consumer accepts.
+const CONSUMER_MAX_NAME: usize = Limits::DECODE.max_name;
+const CONSUMER_MAX_TEXT: usize = Limits::DECODE.max_text;
 
 impl Config {
     /// Refuses settings that would break promises, with a message naming the setting.
@@ -110,11 +156,37 @@ impl Config {
             "MAX_FRAME must be at least 256 bytes"
         );
         anyhow::ensure!(self.client_queue >= 16, "CLIENT_QUEUE must be at least 16");
+        // Frames wait in the client's queue during the delay, and a full queue disconnects
+        // the client as too slow: a long delay would cut off busy clients. A second is
+        // already far beyond what a chat can wait.
+        anyhow::ensure!(
+            self.write_delay_ms <= 1000,
+            "WRITE_DELAY_MS must be at most 1000"
+        );
+        anyhow::ensure!(
+            (1..=self.client_queue).contains(&self.write_max_messages),
+            "WRITE_MAX_MESSAGES must be 1 to CLIENT_QUEUE ({})",
+            self.client_queue
+        );
         anyhow::ensure!(
             self.ping_interval_ms >= 10 && self.ping_timeout_ms >= 10,
             "PING_INTERVAL_MS and PING_TIMEOUT_MS must be at least 10"
         );
         self.http.validate()?;
+        anyhow::ensure!(
+            self.presence_heartbeat_ms >= 100 && self.presence_flush_ms >= 10,
+            "PRESENCE_HEARTBEAT_MS must be at least 100 and PRESENCE_FLUSH_MS at least 10"
+        );
+        anyhow::ensure!(
+            self.presence_ttl_ms >= 2 * self.presence_heartbeat_ms
+                && self.presence_ttl_ms <= u64::from(u32::MAX),
+            "PRESENCE_TTL_MS must be at least twice PRESENCE_HEARTBEAT_MS (a lost heartbeat \
+             must not expire a live gateway)"
+        );
+        anyhow::ensure!(
+            self.typing_ttl_ms >= 1000,
+            "TYPING_TTL_MS must be at least 1000"
+        );
         anyhow::ensure!(
             self.history_limit <= chat_core::history::MAX_HISTORY,
             "HISTORY_LIMIT must be at most {}",
@@ -198,6 +270,10 @@ impl Config {
         }
     }
 
+    pub(crate) fn write_delay(&self) -> Duration {
+        Duration::from_millis(self.write_delay_ms)
+    }
+
     pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }
@@ -208,5 +284,44 @@ impl Config {
 
     pub(crate) fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The presence and typing settings.
+    pub(crate) fn presence(&self) -> crate::presence::Settings {
+        crate::presence::Settings {
+            heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
+            flush: Duration::from_millis(self.presence_flush_ms),
+            typing_ttl: Duration::from_millis(self.typing_ttl_ms),
+            rules: crate::presence::table::Rules {
+                ttl: Duration::from_millis(self.presence_ttl_ms),
+                grace: Duration::from_millis(self.presence_grace_ms),
+                max_list: self.presence_max_list,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn validated(args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)?.validate()
+    }
+
+    #[test]
+    fn write_coalescing_is_off_by_default_and_out_of_range_settings_are_named() {
+        let config = Config::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(config.write_delay(), Duration::ZERO);
+        assert!(validated(&["--write-delay-ms", "5", "--write-max-messages", "16"]).is_ok());
+        let err = validated(&["--write-delay-ms", "1001"]).unwrap_err();
+        assert!(err.to_string().contains("WRITE_DELAY_MS"), "{err}");
+        for bad in ["0", "1025"] {
+            let err = validated(&["--write-max-messages", bad]).unwrap_err();
+            assert!(err.to_string().contains("WRITE_MAX_MESSAGES"), "{err}");
+        }
     }
 }

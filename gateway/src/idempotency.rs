@@ -4,8 +4,9 @@
 //!
 //! Each gateway remembers, for the ids it has seen lately, a fingerprint of the message
 //! (room, speaker, text) and whether the broker confirmed it. It learns them from its own
-//! publishes and from every message event it consumes (every gateway consumes the whole
-//! exchange), so a resend that reaches another gateway is recognised too:
+//! publishes, from every message event it consumes (routed by room, those of the rooms it
+//! serves) and from the histories its joins load (a resend comes from a client that joined
+//! the room here), so a resend that reaches another gateway is recognised too:
 //! - a confirmed id with the same fingerprint is acked again without publishing;
 //! - an id whose publish is in flight here waits for that publish's outcome;
 //! - an id seen with another fingerprint is a `conflict` and changes nothing;

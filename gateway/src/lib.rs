@@ -5,7 +5,9 @@
 //! gateways talk to each other through the exchange.
 #![forbid(unsafe_code)]
 
+mod access;
 pub mod addresses;
+pub mod close;
 pub mod config;
 mod connection;
 pub mod idempotency;
@@ -13,12 +15,14 @@ mod link;
 mod liveness;
 pub mod origin;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 mod ratelimit;
 mod repair;
 pub mod rooms;
 mod routes;
 mod server;
+pub mod token;
 mod upgrade;
 pub mod ws;
 
@@ -55,6 +59,12 @@ pub(crate) struct State {
     liveness: Arc<liveness::Liveness>,
     /// Recent message ids and their outcomes, so a resend is never posted twice.
     says: Arc<idempotency::Says>,
+    /// Checks tokens (`AUTH_MODE=token`); `None` in open mode.
+    verifier: Option<Arc<chat_core::auth::Verifier>>,
+    /// Who may read which private room.
+    projection: Arc<access::Projection>,
+    /// Who is online and typing, across gateways.
+    presence: Arc<presence::Presence>,
 }
 
 /// Serves on `listener` until `shutdown` is cancelled. Then it stops accepting, closes
@@ -85,19 +95,40 @@ pub async fn run(
         ping_timeout_ms = config.ping_timeout_ms,
         "gateway starting"
     );
-    let rooms = Arc::new(rooms::Rooms::default());
+    let verifier = config.auth.verifier(config.max_name)?.map(Arc::new);
+    let rooms = Arc::new(rooms::Rooms::new(config.presence_max_list));
+    let presence = Arc::new(presence::Presence::new(&gateway_id, config.presence()));
     let says = Arc::new(idempotency::Says::default());
+    let projection = Arc::new(access::Projection::default());
     let link_shutdown = CancellationToken::new();
+    let presence_task = tokio::spawn(presence::run(
+        config.broker.amqp_url.clone(),
+        topology.clone(),
+        presence.clone(),
+        rooms.clone(),
+        link_shutdown.clone(),
+    ));
     let (link, link_task) = link::start(
         &config,
         topology,
-        rooms.clone(),
-        says.clone(),
+        link::Targets {
+            rooms: rooms.clone(),
+            says: says.clone(),
+            projection: projection.clone(),
+        },
         gateway_id.clone(),
         link_shutdown.clone(),
+        shutdown.clone(),
     );
     let repair = tokio::spawn(repair::run(
         link.clone(),
+        rooms.clone(),
+        projection.clone(),
+        link_shutdown.clone(),
+    ));
+    let replay = tokio::spawn(access::run(
+        link.clone(),
+        projection.clone(),
         rooms.clone(),
         link_shutdown.clone(),
     ));
@@ -120,6 +151,9 @@ pub async fn run(
         per_address: Arc::default(),
         liveness,
         says,
+        verifier,
+        projection,
+        presence,
     });
     server::serve(listener, state.clone(), shutdown.clone()).await;
     state.connections.close();
@@ -127,9 +161,12 @@ pub async fn run(
     state.background.close();
     state.background.wait().await;
     link_shutdown.cancel();
-    let _ = link_task.await;
+    let linked = link_task.await;
     let _ = repair.await;
+    let _ = replay.await;
     let _ = sweeper.await;
+    let _ = presence_task.await;
     tracing::info!("gateway stopped");
-    Ok(())
+    // An error only when the broker refused a declaration for good (a queue to migrate).
+    linked.map_err(|err| anyhow::anyhow!("the broker link task panicked: {err}"))?
 }

@@ -154,7 +154,7 @@ impl Liveness {
                 Verdict::Fine => {}
                 Verdict::Ping => {
                     heartbeat.pinged_at.store(now, Ordering::Relaxed);
-                    let ping = Outbound::Raw(Box::new(Bytes::from_static(PING)));
+                    let ping = Outbound::Encoded(Box::new(Bytes::from_static(PING)));
                     // A full queue means the client is not reading: the timeout will tell.
                     let _ = heartbeat.outbox.try_send(ping);
                     metrics::counter!("chat_pings_sent_total").increment(1);
@@ -220,13 +220,13 @@ mod tests {
         let mut batch = std::collections::VecDeque::new();
         assert!(silent_in.recv_all(&mut batch).await);
         assert!(
-            matches!(batch.pop_front(), Some(Outbound::Raw(_))),
+            matches!(batch.pop_front(), Some(Outbound::Encoded(_))),
             "pinged"
         );
         batch.clear();
         assert!(talking_in.recv_all(&mut batch).await);
         assert!(
-            matches!(batch.pop_front(), Some(Outbound::Raw(_))),
+            matches!(batch.pop_front(), Some(Outbound::Encoded(_))),
             "pinged"
         );
 

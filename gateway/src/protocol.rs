@@ -5,7 +5,8 @@
 use chat_core::normalize::{self, Limits};
 
 use crate::idempotency;
-use chat_core::Event;
+use chat_core::event::{ReactOp, Role};
+use chat_core::{Event, Visibility};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -51,11 +52,18 @@ pub enum ErrorCode {
     BadSince,
     /// The history could not be loaded; an empty one follows.
     HistoryUnavailable,
+    /// The request needs a right the speaker lacks: a private room's membership, a room's
+    /// ownership, a verified identity, or the authorship of a message.
+    Forbidden,
+    /// An edit, deletion or reaction names a message the room does not have.
+    UnknownTarget,
+    /// An edit, deletion or reaction names a message that was deleted.
+    Deleted,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/protocol.md lists them.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::TooLarge,
         ErrorCode::InvalidJson,
         ErrorCode::UnsupportedFrame,
@@ -72,6 +80,9 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::BadSince,
         ErrorCode::HistoryUnavailable,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownTarget,
+        ErrorCode::Deleted,
     ];
 
     /// The code as clients see it.
@@ -95,6 +106,9 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::BadSince => "bad_since",
             ErrorCode::HistoryUnavailable => "history_unavailable",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownTarget => "unknown_target",
+            ErrorCode::Deleted => "deleted",
         }
     }
 }
@@ -114,10 +128,13 @@ impl PartialEq<&str> for ErrorCode {
 /// A valid client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Enter a room (again), optionally catching up after `since`.
+    /// Present a token (`AUTH_MODE=token`): first, and again before it expires.
+    Auth { token: String },
+    /// Enter a room (again), optionally catching up after `since`. `name` is the guest's
+    /// chosen name (required in open mode); in token mode it is ignored.
     Join {
         room: String,
-        name: String,
+        name: Option<String>,
         since: Option<String>,
         r#ref: Option<String>,
     },
@@ -131,9 +148,55 @@ pub enum Command {
     },
     /// Leave a joined room.
     Leave { room: String, r#ref: Option<String> },
+    /// Started (`state: "start"`, resent while typing) or stopped typing in a joined
+    /// room. Never acked; relayed to the room's members as `typing`, never stored.
+    Typing { room: String, typing: bool },
     /// An application-level heartbeat: browsers cannot see websocket pings, so a page
     /// checks its connection with this and gets `pong`.
     Ping { r#ref: Option<String> },
+    /// Create a room with a visibility; the speaker owns it.
+    CreateRoom {
+        room: String,
+        visibility: Visibility,
+        r#ref: Option<String>,
+    },
+    /// Add a member to (or remove one from) a private room the speaker owns.
+    Membership {
+        room: String,
+        user: String,
+        added: bool,
+        r#ref: Option<String>,
+    },
+    /// Grant a role to (or revoke it from) a user in a room the speaker owns.
+    Role {
+        room: String,
+        user: String,
+        role: Role,
+        granted: bool,
+        r#ref: Option<String>,
+    },
+    /// Replace the whole text of one's own message `target`.
+    Edit {
+        room: String,
+        target: String,
+        text: String,
+        r#ref: Option<String>,
+    },
+    /// Delete message `target` (one's own, or any as the room's owner or a moderator).
+    Delete {
+        room: String,
+        target: String,
+        reason: Option<String>,
+        r#ref: Option<String>,
+    },
+    /// Add or take back a reaction on message `target`.
+    React {
+        room: String,
+        target: String,
+        key: String,
+        op: ReactOp,
+        r#ref: Option<String>,
+    },
 }
 
 /// A refused client frame: what to put in the `error` frame.
@@ -183,10 +246,18 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
     };
     let kind = fields.required("type")?;
     match kind {
+        "auth" => Ok(Command::Auth {
+            token: fields.required("token")?.to_owned(),
+        }),
         "join" => {
             let room = fields.room()?;
-            let name = normalize::name(fields.required("name")?, limits)
-                .map_err(|e| fields.reject(ErrorCode::InvalidName, e.to_string()))?;
+            let name = match fields.map.get("name") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(
+                    normalize::name(fields.required("name")?, limits)
+                        .map_err(|e| fields.reject(ErrorCode::InvalidName, e.to_string()))?,
+                ),
+            };
             let since = optional_string(fields.map, "since", MAX_SINCE, r#ref.as_ref())?;
             Ok(Command::Join {
                 room,
@@ -216,9 +287,110 @@ pub fn parse(frame: &str, limits: &Limits) -> Result<Command, Rejection> {
             r#ref,
         }),
         "ping" => Ok(Command::Ping { r#ref }),
+        "typing" => {
+            let room = fields.room()?;
+            let typing = match fields.required("state")? {
+                "start" => true,
+                "stop" => false,
+                _ => {
+                    return Err(fields.reject(
+                        ErrorCode::InvalidField,
+                        "state must be \"start\" or \"stop\"",
+                    ))
+                }
+            };
+            Ok(Command::Typing { room, typing })
+        }
+        "create_room" => {
+            let room = fields.room()?;
+            let visibility =
+                Visibility::parse(fields.required("visibility")?).ok_or_else(|| {
+                    fields.reject(
+                        ErrorCode::InvalidField,
+                        "visibility must be \"public\" or \"private\"",
+                    )
+                })?;
+            Ok(Command::CreateRoom {
+                room,
+                visibility,
+                r#ref,
+            })
+        }
+        "add_member" | "remove_member" => {
+            let room = fields.room()?;
+            let user = fields.user_id()?;
+            Ok(Command::Membership {
+                room,
+                user,
+                added: kind == "add_member",
+                r#ref,
+            })
+        }
+        "grant_role" | "revoke_role" => {
+            let room = fields.room()?;
+            let user = fields.user_id()?;
+            let role = Role::parse(fields.required("role")?).ok_or_else(|| {
+                fields.reject(ErrorCode::InvalidField, "role must be \"moderator\"")
+            })?;
+            Ok(Command::Role {
+                room,
+                user,
+                role,
+                granted: kind == "grant_role",
+                r#ref,
+            })
+        }
+        "edit" => {
+            let room = fields.room()?;
+            let target = fields.target()?;
+            let text = normalize::text(fields.required("text")?, limits)
+                .map_err(|e| fields.reject(ErrorCode::InvalidText, e.to_string()))?;
+            Ok(Command::Edit {
+                room,
+                target,
+                text,
+                r#ref,
+            })
+        }
+        "delete" => {
+            let room = fields.room()?;
+            let target = fields.target()?;
+            let reason = match fields.map.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(
+                    normalize::reason(fields.required("reason")?)
+                        .map_err(|e| fields.reject(ErrorCode::InvalidField, e.to_string()))?,
+                ),
+            };
+            Ok(Command::Delete {
+                room,
+                target,
+                reason,
+                r#ref,
+            })
+        }
+        "react" => {
+            let room = fields.room()?;
+            let target = fields.target()?;
+            let key = normalize::reaction_key(fields.required("key")?)
+                .map_err(|e| fields.reject(ErrorCode::InvalidField, e.to_string()))?;
+            let op = ReactOp::parse(fields.required("op")?).ok_or_else(|| {
+                fields.reject(ErrorCode::InvalidField, "op must be \"add\" or \"remove\"")
+            })?;
+            Ok(Command::React {
+                room,
+                target,
+                key,
+                op,
+                r#ref,
+            })
+        }
         other => Err(fields.reject(
             ErrorCode::UnknownType,
-            format!("unknown type {other:?}; expected join, say, leave or ping"),
+            format!(
+                "unknown type {other:?}; expected auth, join, say, edit, delete, react, leave, \
+                 typing, ping, create_room, add_member, remove_member, grant_role or revoke_role"
+            ),
         )),
     }
 }
@@ -245,6 +417,32 @@ impl<'a> Fields<'a> {
                 format!("field {key:?} must be a string"),
             )),
         }
+    }
+
+    /// A user id as tokens carry it (`sub`): validated like names, at the bound every
+    /// consumer enforces, and never rewritten.
+    fn user_id(&self) -> Result<String, Rejection> {
+        let user = self.required("user")?;
+        if !normalize::is_normal_name(user, &Limits::DECODE).unwrap_or(false) {
+            return Err(self.reject(
+                ErrorCode::InvalidField,
+                "user must be a user id: 1 to 128 characters without control characters",
+            ));
+        }
+        Ok(user.to_owned())
+    }
+
+    /// The id of the message an edit, deletion or reaction acts on.
+    fn target(&self) -> Result<String, Rejection> {
+        let target = self.required("target")?;
+        if !chat_core::event::is_id(target) {
+            return Err(self.reject(
+                ErrorCode::InvalidField,
+                "target must be a message id: 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', \
+                 ':' or '-'",
+            ));
+        }
+        Ok(target.to_owned())
     }
 
     fn room(&self) -> Result<String, Rejection> {
@@ -276,24 +474,39 @@ fn optional_string(
     }
 }
 
-/// A frame the gateway sends; `event` frames are built by [`event_frame`] instead, once per
+/// A frame the gateway sends; `event` frames are built by [`event_message`] instead, once per
 /// event for all its recipients.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum ServerFrame<'a> {
-    /// First frame on every connection.
+pub enum ServerMessage<'a> {
+    /// First frame on every connection; `auth` says whether a token is expected first
+    /// (`"token"`) or names are self-chosen (`"open"`).
     Hello {
         gateway: &'a str,
+        auth: &'a str,
         limits: LimitsView,
     },
+    /// A valid token was presented: who the connection speaks as, until when.
+    Authenticated {
+        user: &'a str,
+        name: &'a str,
+        expires_at: &'a str,
+    },
+    /// The connection may no longer read `room` (its membership was removed): no more of
+    /// its events follow.
+    Removed { room: &'a str, message: &'a str },
     /// Answer to `join`: the room's history, oldest first.
     Joined {
         room: &'a str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
         history: &'a [Event],
+        /// Set when the room is private (the page shows a lock); absent for public rooms.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        private: bool,
     },
-    /// The broker confirmed a `say`; `id` is the event's id.
+    /// The broker confirmed a `say` (or an edit, deletion, reaction, room or membership
+    /// change); `id` is the new event's id.
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
@@ -327,7 +540,7 @@ pub struct LimitsView {
     pub max_frame: usize,
 }
 
-impl ServerFrame<'_> {
+impl ServerMessage<'_> {
     /// The JSON text of the frame.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialise")
@@ -335,7 +548,7 @@ impl ServerFrame<'_> {
 }
 
 /// `{"type":"event","event":<event>}`, encoded once and shared by every recipient.
-pub fn event_frame(event: &Event) -> String {
+pub fn event_message(event: &Event) -> String {
     let event = event.to_json();
     let mut frame = String::with_capacity(event.len() + 26);
     frame.push_str(r#"{"type":"event","event":"#);
@@ -362,7 +575,7 @@ mod tests {
             parse_default(r#"{"type":"join","room":"lobby","name":" alice ","ref":"j1"}"#),
             Ok(Command::Join {
                 room: "lobby".into(),
-                name: "alice".into(),
+                name: Some("alice".into()),
                 since: None,
                 r#ref: Some("j1".into())
             })
@@ -462,6 +675,119 @@ mod tests {
     }
 
     #[test]
+    fn identity_and_membership_requests_have_their_documented_shapes() {
+        assert_eq!(
+            parse_default(r#"{"type":"auth","token":"a.b.c"}"#),
+            Ok(Command::Auth {
+                token: "a.b.c".into()
+            })
+        );
+        assert_eq!(
+            parse_default(r#"{"type":"create_room","room":"r","visibility":"private","ref":"c"}"#),
+            Ok(Command::CreateRoom {
+                room: "r".into(),
+                visibility: Visibility::Private,
+                r#ref: Some("c".into())
+            })
+        );
+        assert_eq!(
+            parse_default(r#"{"type":"remove_member","room":"r","user":"bob","ref":"m"}"#),
+            Ok(Command::Membership {
+                room: "r".into(),
+                user: "bob".into(),
+                added: false,
+                r#ref: Some("m".into())
+            })
+        );
+        assert_eq!(
+            code(r#"{"type":"create_room","room":"r","visibility":"secret"}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"add_member","room":"r","user":"b\nob"}"#),
+            "invalid_field"
+        );
+        assert_eq!(code(r#"{"type":"auth"}"#), "missing_field");
+        // A `user` field in a join or say is not a field of theirs: it is ignored.
+        assert!(matches!(
+            parse_default(r#"{"type":"say","room":"lobby","text":"hi","user":"alice"}"#),
+            Ok(Command::Say { .. })
+        ));
+    }
+
+    #[test]
+    fn edits_deletions_and_reactions_have_their_documented_shapes() {
+        assert_eq!(
+            parse_default(
+                r#"{"type":"edit","room":"r","target":"m-1","text":"new\r\ntext","ref":"e"}"#
+            ),
+            Ok(Command::Edit {
+                room: "r".into(),
+                target: "m-1".into(),
+                text: "new\ntext".into(),
+                r#ref: Some("e".into())
+            })
+        );
+        assert_eq!(
+            parse_default(r#"{"type":"delete","room":"r","target":"m-1","ref":"d"}"#),
+            Ok(Command::Delete {
+                room: "r".into(),
+                target: "m-1".into(),
+                reason: None,
+                r#ref: Some("d".into())
+            })
+        );
+        assert_eq!(
+            parse_default(r#"{"type":"react","room":"r","target":"m-1","key":"👍","op":"add"}"#),
+            Ok(Command::React {
+                room: "r".into(),
+                target: "m-1".into(),
+                key: "👍".into(),
+                op: ReactOp::Add,
+                r#ref: None
+            })
+        );
+        assert_eq!(
+            parse_default(r#"{"type":"grant_role","room":"r","user":"bob","role":"moderator"}"#),
+            Ok(Command::Role {
+                room: "r".into(),
+                user: "bob".into(),
+                role: Role::Moderator,
+                granted: true,
+                r#ref: None
+            })
+        );
+        assert_eq!(
+            code(r#"{"type":"edit","room":"r","text":"x"}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"edit","room":"r","target":"a b","text":"x"}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"edit","room":"r","target":"m","text":" "}"#),
+            "invalid_text"
+        );
+        for key in ["lol", "👍👍👍👍👍👍👍👍👍", "👍 ", "\u{202e}👍", ""] {
+            let frame =
+                serde_json::json!({"type":"react","room":"r","target":"m","key":key,"op":"add"});
+            assert_eq!(code(&frame.to_string()), "invalid_field", "{key:?}");
+        }
+        assert_eq!(
+            code(r#"{"type":"react","room":"r","target":"m","key":"👍","op":"toggle"}"#),
+            "invalid_field"
+        );
+        let long =
+            serde_json::json!({"type":"delete","room":"r","target":"m","reason":"x".repeat(201)});
+        assert_eq!(code(&long.to_string()), "invalid_field");
+        assert_eq!(
+            code(r#"{"type":"grant_role","room":"r","user":"bob","role":"admin"}"#),
+            "invalid_field"
+        );
+    }
+
+    #[test]
     fn errors_carry_the_requests_ref() {
         let err =
             parse_default(r#"{"type":"say","room":"lobby","text":"","ref":"c-1"}"#).unwrap_err();
@@ -497,6 +823,10 @@ mod tests {
                     Just(Value::from("join")),
                     Just(Value::from("say")),
                     Just(Value::from("leave")),
+                    Just(Value::from("typing")),
+                    Just(Value::from("edit")),
+                    Just(Value::from("delete")),
+                    Just(Value::from("react")),
                     field.clone()
                 ],
                 field.clone(),
@@ -507,7 +837,9 @@ mod tests {
             )
                 .prop_map(|(kind, room, name, text, since, r)| {
                     serde_json::json!({"type": kind, "room": room, "name": name,
-                                       "text": text, "since": since, "ref": r})
+                                       "text": text, "since": since, "ref": r,
+                                       "state": name, "target": since, "key": name,
+                                       "op": text, "reason": name})
                     .to_string()
                 })
         }
@@ -521,10 +853,12 @@ mod tests {
                 }
                 Ok(Command::Join { room, name, .. }) => {
                     assert!(normalize::room(&room).is_ok());
-                    assert_eq!(
-                        normalize::name(&name, &limits).as_deref(),
-                        Ok(name.as_str())
-                    );
+                    if let Some(name) = name {
+                        assert_eq!(
+                            normalize::name(&name, &limits).as_deref(),
+                            Ok(name.as_str())
+                        );
+                    }
                 }
                 Ok(Command::Say { room, text, .. }) => {
                     assert!(normalize::room(&room).is_ok());
@@ -533,8 +867,41 @@ mod tests {
                         Ok(text.as_str())
                     );
                 }
-                Ok(Command::Leave { room, .. }) => assert!(normalize::room(&room).is_ok()),
-                Ok(Command::Ping { .. }) => {}
+                Ok(Command::Edit {
+                    room, target, text, ..
+                }) => {
+                    assert!(normalize::room(&room).is_ok());
+                    assert!(chat_core::event::is_id(&target));
+                    assert_eq!(
+                        normalize::text(&text, &limits).as_deref(),
+                        Ok(text.as_str())
+                    );
+                }
+                Ok(Command::Delete {
+                    room,
+                    target,
+                    reason,
+                    ..
+                }) => {
+                    assert!(normalize::room(&room).is_ok());
+                    assert!(chat_core::event::is_id(&target));
+                    if let Some(reason) = reason {
+                        assert_eq!(normalize::reason(&reason).as_ref(), Ok(&reason));
+                    }
+                }
+                Ok(Command::React {
+                    room, target, key, ..
+                }) => {
+                    assert!(normalize::room(&room).is_ok());
+                    assert!(chat_core::event::is_id(&target));
+                    assert_eq!(normalize::reaction_key(&key).as_ref(), Ok(&key));
+                }
+                Ok(Command::Leave { room, .. })
+                | Ok(Command::Typing { room, .. })
+                | Ok(Command::CreateRoom { room, .. })
+                | Ok(Command::Role { room, .. })
+                | Ok(Command::Membership { room, .. }) => assert!(normalize::room(&room).is_ok()),
+                Ok(Command::Ping { .. }) | Ok(Command::Auth { .. }) => {}
             }
         }
 
@@ -554,9 +921,9 @@ mod tests {
     }
 
     #[test]
-    fn the_event_frame_wraps_the_event_json() {
+    fn the_event_message_wraps_the_event_json() {
         let event = Event::new(chat_core::EventKind::Join, "lobby", "a", None, "gw");
-        let frame: Value = serde_json::from_str(&event_frame(&event)).unwrap();
+        let frame: Value = serde_json::from_str(&event_message(&event)).unwrap();
         assert_eq!(frame["type"], "event");
         assert_eq!(frame["event"]["id"], event.id.as_str());
     }

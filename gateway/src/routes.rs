@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use warp::http::{header, StatusCode};
+use warp::http::header;
 use warp::{Filter, Rejection, Reply};
 
 use chat_core::probes;
@@ -21,8 +21,11 @@ const STYLE_CSS: &str = include_str!("../../static/style.css");
 const SCRIPTS: &[(&str, &str)] = &[
     ("app.js", include_str!("../../static/app.js")),
     ("connection.js", include_str!("../../static/connection.js")),
+    ("identity.js", include_str!("../../static/identity.js")),
+    ("messages.js", include_str!("../../static/messages.js")),
     ("normalize.js", include_str!("../../static/normalize.js")),
     ("pending.js", include_str!("../../static/pending.js")),
+    ("presence.js", include_str!("../../static/presence.js")),
     ("render.js", include_str!("../../static/render.js")),
     ("uuid.js", include_str!("../../static/uuid.js")),
 ];
@@ -37,7 +40,7 @@ const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'sel
 pub fn routes(
     state: Arc<State>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    page().or(probes(state)).recover(not_found)
+    page().or(probes(state)).recover(probes::unanswered)
 }
 
 /// GET /, /style.css and the scripts (/app.js, /connection.js, … see `SCRIPTS`)
@@ -103,24 +106,4 @@ fn probes(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = Rej
         })
     });
     probes::routes(ready)
-}
-
-async fn not_found(rejection: Rejection) -> Result<impl Reply, Infallible> {
-    Ok(
-        if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-            json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "only GET is supported",
-            )
-        } else {
-            json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        },
-    )
-}
-
-/// A JSON error response: `{"error": {"code": …, "message": …}}`.
-pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }

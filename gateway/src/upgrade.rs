@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use warp::reply::Response;
 
-use crate::routes::json_error;
 use crate::{addresses, connection, ws, State};
+use chat_core::probes::json_error;
 
 /// The longest message read at all: well above `MAX_FRAME`, so an oversized message gets a
 /// `too_large` error and the connection stays usable; only abuse beyond this cap is cut
@@ -33,30 +33,19 @@ fn max_message(max_frame: usize) -> usize {
 /// JSON error saying why not.
 pub fn handle(mut request: Request<Incoming>, state: Arc<State>, peer: IpAddr) -> Response {
     let headers = request.headers();
-    let Some(key) = handshake_key(request.method(), headers) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "not_a_websocket",
-            "GET /ws must be a websocket upgrade (version 13)",
-        );
+    let key = match handshake_key(request.method(), headers) {
+        Ok(key) => key,
+        Err(refusal) => return refusal.response(),
     };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !state.origins.allows(origin, host) {
         tracing::warn!(origin = ?origin, "refused a websocket from a foreign origin");
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
-            "this origin may not open the chat; see ALLOWED_ORIGINS",
-        );
+        return Refusal::ForeignOrigin.response();
     }
     if state.connections.len() >= state.max_connections {
         metrics::counter!("chat_connections_refused_total", "reason" => "full").increment(1);
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "this gateway is full; try another",
-        );
+        return Refusal::Full.response();
     }
     let per_address = match state.config.max_connections_per_ip {
         0 => None,
@@ -68,11 +57,7 @@ pub fn handle(mut request: Request<Incoming>, state: Arc<State>, peer: IpAddr) -
                     metrics::counter!("chat_connections_refused_total", "reason" => "per_address")
                         .increment(1);
                     tracing::info!(%client, max, "refused a websocket over the per-address cap");
-                    return json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too_many_connections_from_address",
-                        "too many connections from your address; close some and try again",
-                    );
+                    return Refusal::AddressFull.response();
                 }
             }
         }
@@ -109,26 +94,139 @@ pub fn handle(mut request: Request<Incoming>, state: Arc<State>, peer: IpAddr) -
     response
 }
 
-/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
-fn handshake_key(method: &hyper::Method, headers: &HeaderMap) -> Option<String> {
+/// Why a request for `/ws` is not upgraded. Each answer follows RFC 6455 section 4.2.2
+/// (and 4.4 for versions): an HTTP error status, the headers that tell a client what would
+/// work, and our JSON error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not `GET`: 405 with `Allow: GET`.
+    Method,
+    /// No `Upgrade: websocket` / `Connection: Upgrade`: 426 with `Upgrade: websocket`.
+    NotAnUpgrade,
+    /// A websocket version other than 13: 426 with `Sec-WebSocket-Version: 13`.
+    Version,
+    /// No `Host`, or no `Sec-WebSocket-Key` that is 16 bytes in base64: 400.
+    Malformed(&'static str),
+    /// An `Origin` that may not open the chat: 403.
+    ForeignOrigin,
+    /// The gateway holds `MAX_CONNECTIONS`: 503 with `Retry-After`.
+    Full,
+    /// The client's address holds `MAX_CONNECTIONS_PER_IP`: 503 with `Retry-After`.
+    AddressFull,
+}
+
+/// Seconds a refused client is asked to wait before trying a full gateway again.
+const RETRY_AFTER_SECS: &str = "5";
+
+impl Refusal {
+    fn response(self) -> Response {
+        let (status, code, message) = match self {
+            Refusal::Method => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "a websocket handshake is a GET",
+            ),
+            Refusal::NotAnUpgrade => (
+                StatusCode::UPGRADE_REQUIRED,
+                "not_a_websocket",
+                "GET /ws must be a websocket upgrade (version 13)",
+            ),
+            Refusal::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_websocket_version",
+                "only websocket version 13 is supported",
+            ),
+            Refusal::Malformed(what) => (StatusCode::BAD_REQUEST, "bad_handshake", what),
+            Refusal::ForeignOrigin => (
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "this origin may not open the chat; see ALLOWED_ORIGINS",
+            ),
+            Refusal::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "this gateway is full; try another",
+            ),
+            Refusal::AddressFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections_from_address",
+                "too many connections from your address; close some and try again",
+            ),
+        };
+        let mut response = json_error(status, code, message);
+        let headers = response.headers_mut();
+        match self {
+            Refusal::Method => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            Refusal::NotAnUpgrade => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            Refusal::Version => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            Refusal::Full | Refusal::AddressFull => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            Refusal::Malformed(_) | Refusal::ForeignOrigin => {}
+        }
+        response
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request (RFC 6455 section
+/// 4.2.1), or why the request is not one.
+fn handshake_key(method: &hyper::Method, headers: &HeaderMap) -> Result<String, Refusal> {
     let has = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    let ok = method == hyper::Method::GET
-        && has(header::CONNECTION, "upgrade")
-        && has(header::UPGRADE, "websocket")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v.as_bytes() == b"13");
-    if !ok {
-        return None;
+    if method != hyper::Method::GET {
+        return Err(Refusal::Method);
+    }
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Err(Refusal::NotAnUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(Refusal::Version);
+    }
+    if !headers.contains_key(header::HOST) {
+        return Err(Refusal::Malformed("the request has no Host header"));
     }
     headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
+        .filter(|key| is_websocket_key(key))
         .map(str::to_owned)
+        .ok_or(Refusal::Malformed(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ))
+}
+
+/// Whether `key` is base64 (with padding) of exactly 16 bytes: 22 characters and `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 24
+        && bytes.ends_with(b"==")
+        && bytes[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+        // The last character before the padding carries 2 of the 128 bits and 4 zero bits.
+        && b"AQgw".contains(&bytes[21])
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chat_core::testkit::{eventually, http_get, unique_prefix, Broker};
 use serde_json::json;
 use support::{
-    binary, connect_with_headers, free_port, start_archiver_with, start_gateway, Client, WAIT,
+    binary, connect_with_headers, start_archiver_with, start_gateway, Client, Process, WAIT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -229,36 +229,41 @@ async fn the_per_address_cap_refuses_the_connection_over_the_limit() {
     broker.cleanup().await;
 }
 
-/// Runs the gateway binary under `prlimit` with an open-file limit of `soft:hard`.
+/// The gateway binary run under `prlimit` with an open-file limit of `soft:hard`.
 fn gateway_with_file_limit(
     prefix: &str,
     soft_hard: &str,
-    http: SocketAddr,
     extra_env: &[(&str, &str)],
-) -> std::process::Child {
+) -> std::process::Command {
     let mut command = std::process::Command::new("prlimit");
     command
         .arg(format!("--nofile={soft_hard}"))
         .arg("--")
         .arg(binary("gateway"))
-        .env("AMQP_URL", chat_core::testkit::amqp_url())
-        .env("CHAT_PREFIX", prefix)
-        .env("GATEWAY_LISTEN", http.to_string())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .env("CHAT_PREFIX", prefix);
     for (key, value) in extra_env {
         command.env(key, value);
     }
-    command.spawn().expect("prlimit runs the gateway")
+    command
 }
 
 #[tokio::test]
 async fn a_gateway_refuses_a_max_connections_its_open_file_limit_cannot_hold() {
     let prefix = unique_prefix("nofile");
-    let http = free_port();
-    let child = gateway_with_file_limit(&prefix, "256:512", http, &[("MAX_CONNECTIONS", "5000")]);
+    let mut command = gateway_with_file_limit(
+        &prefix,
+        "256:512",
+        &[
+            ("MAX_CONNECTIONS", "5000"),
+            ("GATEWAY_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    command
+        .env("AMQP_URL", chat_core::testkit::amqp_url())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().expect("prlimit runs the gateway");
     let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
@@ -279,9 +284,14 @@ async fn a_gateway_refuses_a_max_connections_its_open_file_limit_cannot_hold() {
 async fn a_gateway_out_of_file_descriptors_keeps_its_clients_and_accepts_again_later() {
     let prefix = unique_prefix("emfile");
     let broker = Broker::connect(&prefix).await;
-    let http = free_port();
-    let mut child = gateway_with_file_limit(&prefix, "1024:1024", http, &[]);
-    let pid = child.id();
+    let child = Process::spawn(
+        "gateway",
+        gateway_with_file_limit(&prefix, "1024:1024", &[]),
+        true,
+    )
+    .await;
+    let pid = child.pid();
+    let http = child.addr.unwrap();
     let gateway = support::Service::external(http).await;
     let mut alice = Client::connect(&gateway).await;
     alice.join("lobby", "alice").await;
@@ -335,7 +345,6 @@ async fn a_gateway_out_of_file_descriptors_keeps_its_clients_and_accepts_again_l
     ));
     drop(alice);
     drop(bob);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     broker.cleanup().await;
 }

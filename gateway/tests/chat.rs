@@ -94,12 +94,12 @@ async fn the_logger_writes_one_line_per_event_to_its_file() {
     .await;
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 3, "{log}");
-    assert!(lines[0].ends_with(" #lobby * alice joined"), "{log}");
+    assert!(lines[0].ends_with(" #lobby * ~alice joined"), "{log}");
     assert!(
-        lines[1].ends_with(r" #lobby <alice> first line\nsecond line"),
+        lines[1].ends_with(r" #lobby <~alice> first line\nsecond line"),
         "{log}"
     );
-    assert!(lines[2].ends_with(" #lobby * alice left"), "{log}");
+    assert!(lines[2].ends_with(" #lobby * ~alice left"), "{log}");
     assert!(
         lines[0].starts_with("20") && lines[0].as_bytes()[23] == b'Z',
         "{log}"
@@ -435,6 +435,7 @@ async fn pings_are_answered_and_a_frame_breaking_the_protocol_closes_the_socket_
     use tokio::io::AsyncWriteExt;
 
     let prefix = unique_prefix("wsproto");
+    let broker = Broker::connect(&prefix).await;
     let gateway = start_gateway(&prefix, &[]).await;
     let mut client = Client::connect(&gateway).await;
     client
@@ -473,6 +474,7 @@ async fn pings_are_answered_and_a_frame_breaking_the_protocol_closes_the_socket_
     assert_eq!(&received[at + 2..at + 4], &[0x03, 0xEA], "close code 1002");
 
     gateway.stop().await;
+    broker.cleanup().await;
 }
 
 /// Reads from `socket` into `received` until `want` appears in it.

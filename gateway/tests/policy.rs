@@ -6,12 +6,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_core::testkit::{eventually, unique_prefix, Broker};
 use serde_json::json;
-use support::{connect_with_headers, free_port, health, report, start_gateway, Client, WAIT};
+use support::{connect_with_headers, health, report, start_gateway, Client, WAIT};
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everything() {
@@ -167,12 +166,11 @@ async fn a_gateway_full_of_connections_refuses_more_with_503() {
 #[tokio::test]
 async fn the_amqp_password_never_appears_in_the_logs() {
     let prefix = unique_prefix("secret");
-    let http: SocketAddr = free_port();
     let output = tokio::task::spawn_blocking(move || {
         let mut child = std::process::Command::new(support::binary("gateway"))
             .env("AMQP_URL", "amqp://chat:hunter2-s3cret@127.0.0.1:1/%2f")
             .env("CHAT_PREFIX", &prefix)
-            .env("GATEWAY_LISTEN", http.to_string())
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "debug")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -69,6 +69,37 @@ pub(crate) fn received_after<'a>(
         .collect()
 }
 
+/// Whether a join's history reaches past the moment its room was routed to this gateway.
+/// With routing by room (`ROUTE_BY_ROOM`), a gateway receives a room's events only from
+/// its binding on, which it made moments before the join asked the archive; the archive
+/// trails the exchange, so the history may still lack events published just before the
+/// binding, which the gateway never received either: a gap. The history proves it has them
+/// when it reaches an event this gateway received at or after `mark` (the position its
+/// memory had when the room was bound): the archive stores events in the order its queue
+/// got them, which for events published before and after a binding is that order. The
+/// history reaches such an event when its `anchor` (its last event, or the `since` it
+/// followed, [`anchor`]) is in memory at or after `mark`. If the memory has moved past
+/// `mark` altogether (`oldest` is the position of its oldest event), the binding is older
+/// than the last [`crate::rooms`] `RECENT_EVENTS` events: as without routing, the archive
+/// is taken to have caught up with it.
+pub(crate) fn reaches<'a>(
+    oldest: u64,
+    latest: impl IntoIterator<Item = &'a Arc<SharedEvent>>,
+    anchor: Option<&str>,
+    mark: u64,
+) -> bool {
+    if mark < oldest {
+        return true;
+    }
+    let Some(anchor) = anchor else {
+        return false;
+    };
+    latest
+        .into_iter()
+        .position(|event| &*event.id == anchor)
+        .is_some_and(|at| oldest + at as u64 >= mark)
+}
+
 /// What follows a join's history: the `unarchived` events (from [`received_after`]), then
 /// the `buffered` live ones, leaving out those whose id the history has and every repeat.
 pub(crate) fn after_history(
@@ -228,6 +259,69 @@ mod tests {
                 .map(|event| event.id.to_string())
                 .collect();
             assert_eq!(sent, case.then, "{}", case.what);
+        }
+    }
+
+    #[test]
+    fn a_history_reaches_a_routed_room_only_once_it_has_an_event_received_since_the_binding() {
+        // The memory holds positions 10..14: a (10), b (11), c (12), d (13); the room was
+        // bound when the next position was `mark`.
+        let latest: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|id| event("lobby", id))
+            .collect();
+        let cases: &[(&str, Option<&str>, u64, bool)] = &[
+            (
+                "ends at an event received after the binding",
+                Some("c"),
+                12,
+                true,
+            ),
+            (
+                "ends at the first event received after it",
+                Some("b"),
+                11,
+                true,
+            ),
+            (
+                "ends before the binding: the archive may lag",
+                Some("a"),
+                11,
+                false,
+            ),
+            (
+                "ends at an event this gateway never received",
+                Some("x"),
+                11,
+                false,
+            ),
+            (
+                "is empty, without since: nothing proves it",
+                None,
+                11,
+                false,
+            ),
+            (
+                "binding older than the memory: as without routing",
+                None,
+                9,
+                true,
+            ),
+            (
+                "binding older than the memory, unknown anchor",
+                Some("x"),
+                3,
+                true,
+            ),
+            (
+                "binding just now, nothing received since",
+                Some("d"),
+                14,
+                false,
+            ),
+        ];
+        for (what, anchor, mark, reached) in cases {
+            assert_eq!(reaches(10, &latest, *anchor, *mark), *reached, "{what}");
         }
     }
 

@@ -1,21 +1,34 @@
 //! A join's history load: ask the archive for the room's history (or what followed
 //! `since`), add what this gateway received that the archive may not have yet, and hand
-//! the whole answer to the writer, which sends it before the live events it buffered.
+//! the whole answer to the writer, which sends it before the live events it buffered. A
+//! room routed here moments ago is asked again until the archive has caught up with its
+//! binding ([`catch_up::reaches`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chat_core::history::HistoryRequest;
+use chat_core::history::{HistoryReply, HistoryRequest};
+use chat_core::EventKind;
+use tokio::time::Instant;
 
 use super::catch_up;
-use super::commands::error_frame_text;
+use super::commands::{error_message, forbidden_message};
+use crate::idempotency::fingerprint;
+use crate::link::HistoryError;
 use crate::outbox;
-use crate::protocol::{ErrorCode, ServerFrame};
+use crate::protocol::{ErrorCode, ServerMessage};
 use crate::rooms::{Joined, Outbound};
 use crate::State;
 
+/// First pause before asking again for a history that does not reach the room's binding
+/// yet; it doubles up to [`MAX_PAUSE`]. The archive trails the exchange by milliseconds.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_millis(160);
+
 /// Loads the history of a room the client is joining and queues the answer: `joined`,
 /// preceded by an `error` when the history is missing (`history_unavailable`) or is the
-/// latest instead of what followed `since` (`bad_since`). Run as a task tracked by
+/// latest instead of what followed `since` (`bad_since`). `mark`: the room's binding, when
+/// this join is the first into a room routed by room. Run as a task tracked by
 /// `state.background`, so shutdown waits for it before closing the broker link.
 pub(super) async fn load(
     state: Arc<State>,
@@ -23,12 +36,13 @@ pub(super) async fn load(
     room: Arc<str>,
     request: HistoryRequest,
     r#ref: Option<String>,
+    mark: Option<u64>,
 ) {
-    let mut frames = Vec::with_capacity(2);
-    let history = match state.link.history(&request).await {
+    let mut messages = Vec::with_capacity(2);
+    let reply = match ask(&state, &request, mark).await {
         Ok(reply) => {
             if let Some(reason) = &reply.since_error {
-                frames.push(error_frame_text(
+                messages.push(error_message(
                     r#ref.as_deref(),
                     ErrorCode::BadSince,
                     &format!(
@@ -37,25 +51,41 @@ pub(super) async fn load(
                     ),
                 ));
             }
-            reply.events
+            Some(reply)
         }
         Err(err) => {
             tracing::warn!(error = %err, room = %request.room, "history unavailable");
-            frames.push(error_frame_text(
+            messages.push(error_message(
                 r#ref.as_deref(),
                 ErrorCode::HistoryUnavailable,
                 &format!("the history could not be loaded: {err}"),
             ));
-            Vec::new()
+            None
         }
     };
-    let joined = ServerFrame::Joined {
+    // Shared with every join that asked the same question at the same time.
+    let history = reply.as_ref().map_or(&[][..], |reply| &reply.events[..]);
+    // With routing by room this gateway sees only its rooms' messages go by: it learns
+    // those of a room it starts serving from the room's history, so that a resend of a
+    // recent one here is still recognised (acked again, or refused as a conflict).
+    for event in history.iter().filter(|e| e.kind == EventKind::Message) {
+        if let Some(text) = event.text.as_deref() {
+            state
+                .says
+                .observe(&event.id, fingerprint(&event.room, &event.user, text));
+        }
+    }
+    let joined = ServerMessage::Joined {
         room: &request.room,
         r#ref: r#ref.as_deref(),
-        history: &history,
+        history,
+        private: state.projection.is_private(&room),
     };
-    // The error explaining an empty or fallback history comes first, then `joined`.
-    frames.push(joined.encode());
+    // The error explaining an empty or fallback history comes first, then `joined`, then
+    // who is online: the view the room's other local clients have, so the batched
+    // `presence_diff`s that follow (held back with the live events until now) apply to it.
+    messages.push(joined.encode());
+    messages.push(state.presence.joined_message(&room));
     // Events this gateway received just before the client was registered may not be
     // archived yet: those after the history's last event (or after `since`) follow it.
     let anchor = catch_up::anchor(
@@ -63,13 +93,50 @@ pub(super) async fn load(
         request.since.as_deref(),
     );
     let unarchived = anchor.map_or_else(Vec::new, |id| state.rooms.received_after(&room, id));
-    let history_ids = history.into_iter().map(|e| e.id).collect();
+    let history_ids = history.iter().map(|e| e.id.clone()).collect();
+    let refused = forbidden_message(r#ref.as_deref(), &room);
     let _ = outbox
         .send(Outbound::Joined(Box::new(Joined {
             room,
-            frames,
+            messages,
             history_ids,
             unarchived,
+            refused,
         })))
         .await;
+}
+
+/// Asks the archive for the history. When `mark` is set (the first join into a room routed
+/// here), asks again, with growing pauses, until the history reaches an event received
+/// since the binding, or the history timeout has passed: then the last answer is used, and
+/// counted (`chat_history_behind_total`), as the archive may lack events published just
+/// before the binding.
+async fn ask(
+    state: &State,
+    request: &HistoryRequest,
+    mark: Option<u64>,
+) -> Result<Arc<HistoryReply>, HistoryError> {
+    let deadline = Instant::now() + state.config.history_timeout();
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let reply = state.link.history(request).await?;
+        let Some(mark) = mark else {
+            return Ok(reply);
+        };
+        let anchor = catch_up::anchor(
+            reply.events.last().map(|e| e.id.as_str()),
+            request.since.as_deref(),
+        );
+        if state.rooms.reaches(anchor, mark) {
+            return Ok(reply);
+        }
+        if Instant::now() + pause >= deadline {
+            metrics::counter!("chat_history_behind_total").increment(1);
+            tracing::warn!(room = %request.room, "the archive did not catch up with a newly routed room in time");
+            return Ok(reply);
+        }
+        metrics::counter!("chat_history_asks_total", "role" => "again").increment(1);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
 }

@@ -13,25 +13,16 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::close::Close;
 use crate::liveness::Heartbeat;
 use crate::outbox;
-use crate::protocol::{self, ErrorCode, LimitsView, Rejection, ServerFrame};
+use crate::protocol::{self, ErrorCode, LimitsView, Rejection, ServerMessage};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::rooms::Outbound;
 use crate::ws::{self, frame, Incoming, ReadError};
 use crate::State;
-use commands::Client;
+use commands::{Session, Speaker};
 
-/// Close code when the gateway shuts down: clients reconnect elsewhere.
-const CLOSE_RESTART: u16 = 1012;
-/// Close code for a client that kept flooding after `rate_limited` errors.
-const CLOSE_POLICY: u16 = 1008;
-/// Close code for a client whose queue overflowed; it may reconnect and resume.
-const CLOSE_SLOW: u16 = 4008;
-const REASON_SLOW: &str = "too slow: reconnect and resume with since";
-/// Close code for a client that answered no ping within `PING_TIMEOUT_MS`.
-const CLOSE_PING_TIMEOUT: u16 = 4009;
-const REASON_PING_TIMEOUT: &str = "ping timeout: reconnect and resume with since";
 /// How long the final close frame may take to be queued before the socket is just dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a kicked client's socket may take to accept the 4008 close frame.
@@ -44,16 +35,26 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
     let kick = CancellationToken::new();
     let conn = state.rooms.next_conn_id();
     let heartbeat = state.liveness.add(conn, outbox.clone(), kick.clone());
+    let coalescing = writer::Coalescing {
+        delay: state.config.write_delay(),
+        max_frames: state.config.write_max_messages,
+    };
     let writer = tokio::spawn(writer::write_loop(
         writer,
         inbox,
         kick.clone(),
         heartbeat.clone(),
+        coalescing,
     ));
-    let mut client = Client::new(conn, state.clone(), outbox, kick.clone());
-    client
-        .send(ServerFrame::Hello {
+    let mut session = Session::new(conn, state.clone(), outbox, kick.clone());
+    session
+        .send(ServerMessage::Hello {
             gateway: &state.gateway_id,
+            auth: if state.verifier.is_some() {
+                "token"
+            } else {
+                "open"
+            },
             limits: LimitsView {
                 max_text: state.config.max_text,
                 max_name: state.config.max_name,
@@ -64,10 +65,20 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
 
     let _connected = ConnectedGauge::new();
     let mut limiter = RateLimiter::new(state.config.rate_limit, state.config.rate_burst);
-    let (code, reason) = loop {
+    let connected_at = tokio::time::Instant::now();
+    let close = loop {
+        let (deadline, expired) = auth_deadline(&session.speaker, connected_at, &state);
         let incoming = tokio::select! {
-            _ = state.shutdown.cancelled() => break (CLOSE_RESTART, "service restart"),
+            _ = state.shutdown.cancelled() => break Close::RESTART,
             _ = kick.cancelled() => break kick_close(&heartbeat),
+            _ = tokio::time::sleep_until(deadline), if expired.is_some() => {
+                if let Some(close) = expired {
+                    let reason = if close == Close::TOKEN_EXPIRED { "expired" } else { "missing" };
+                    metrics::counter!("chat_auth_refused_total", "reason" => reason).increment(1);
+                    break close;
+                }
+                continue;
+            }
             incoming = reader.next() => incoming,
         };
         // Any frame at all, pongs included, proves the client is there.
@@ -76,28 +87,28 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
             Ok(Some(Incoming::Text(text))) => Some(text),
             Ok(Some(Incoming::Binary(_))) => None,
             Ok(Some(Incoming::Ping(payload))) => {
-                let _ = client
+                let _ = session
                     .outbox
-                    .send(Outbound::Raw(Box::new(frame::pong(&payload))))
+                    .send(Outbound::Encoded(Box::new(frame::pong(&payload))))
                     .await;
                 continue;
             }
             Ok(Some(Incoming::Pong)) => continue,
-            Ok(Some(Incoming::Close(_)) | None) => break (1000, ""),
+            Ok(Some(Incoming::Close(_)) | None) => break Close::NORMAL,
             Err(ReadError::Frame(err)) => {
                 tracing::debug!(error = %err, "closing a websocket that broke the protocol");
-                break (err.close_code(), err.close_reason());
+                break err.close();
             }
             Err(ReadError::Io(err)) => {
                 tracing::debug!(error = %err, "websocket read failed");
-                break (1000, "");
+                break Close::NORMAL;
             }
         };
         match limiter.check() {
             Verdict::Allow => {}
             Verdict::Limited => {
                 metrics::counter!("chat_rate_limited_total").increment(1);
-                client
+                session
                     .reject(Rejection::new(
                         None,
                         ErrorCode::RateLimited,
@@ -110,21 +121,35 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
                 continue;
             }
             Verdict::Flooding => {
-                tracing::warn!(conn = client.conn, "disconnecting a flooding client");
+                tracing::warn!(conn = session.conn, "disconnecting a flooding client");
                 metrics::counter!("chat_clients_disconnected_total", "reason" => "flood")
                     .increment(1);
-                break (CLOSE_POLICY, "flooding: too many messages");
+                break Close::FLOODING;
             }
         }
+        let anonymous = matches!(session.speaker, Speaker::Anonymous);
         if let Some(text) = text {
             match protocol::parse(&text, &state.limits) {
+                Ok(protocol::Command::Auth { token }) if state.verifier.is_some() => {
+                    if let Err(close) = session.authenticate(&token).await {
+                        break close;
+                    }
+                }
+                // Token mode: nothing is done for a connection that has not said who it is.
+                _ if anonymous => {
+                    metrics::counter!("chat_auth_refused_total", "reason" => "missing")
+                        .increment(1);
+                    break Close::AUTH_REQUIRED;
+                }
                 // Boxed: the state of a join or say is then allocated only while it runs,
                 // instead of enlarging every idle connection's task by its size.
-                Ok(command) => Box::pin(client.handle(command)).await,
-                Err(rejection) => client.reject(rejection).await,
+                Ok(command) => Box::pin(session.handle(command)).await,
+                Err(rejection) => session.reject(rejection).await,
             }
+        } else if anonymous {
+            break Close::AUTH_REQUIRED;
         } else {
-            client
+            session
                 .reject(Rejection::new(
                     None,
                     ErrorCode::UnsupportedFrame,
@@ -138,44 +163,67 @@ pub async fn serve(mut reader: ws::Reader, writer: ws::Writer, state: Arc<State>
     drop(heartbeat);
     // Boxed: the closing steps are allocated only when they run, instead of enlarging
     // every idle connection's task by their size.
-    Box::pin(finish(client, reader, writer, code, reason)).await;
+    Box::pin(finish(session, reader, writer, close)).await;
 }
 
-/// The close code and reason for a kicked connection: it did not answer a ping, or it
+/// When the connection's identity runs out, and the close then: a token mode connection
+/// that has not authenticated within `AUTH_TIMEOUT_MS`, or whose token expired more than
+/// `AUTH_GRACE_MS` ago. Guests never run out.
+fn auth_deadline(
+    speaker: &Speaker,
+    connected_at: tokio::time::Instant,
+    state: &crate::State,
+) -> (tokio::time::Instant, Option<Close>) {
+    let now = tokio::time::Instant::now();
+    match speaker {
+        Speaker::Guest => (now, None),
+        Speaker::Anonymous => (
+            connected_at + std::time::Duration::from_millis(state.config.auth_timeout_ms),
+            Some(Close::AUTH_REQUIRED),
+        ),
+        Speaker::Verified(identity) => {
+            let left = (identity.expires_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            let grace = std::time::Duration::from_millis(state.config.auth_grace_ms);
+            (now + left + grace, Some(Close::TOKEN_EXPIRED))
+        }
+    }
+}
+
+/// The close for a kicked connection: it did not answer a ping, or it
 /// could not keep up.
-fn kick_close(heartbeat: &Heartbeat) -> (u16, &'static str) {
+fn kick_close(heartbeat: &Heartbeat) -> Close {
     if heartbeat.timed_out() {
-        (CLOSE_PING_TIMEOUT, REASON_PING_TIMEOUT)
+        Close::PING_TIMEOUT
     } else {
-        (CLOSE_SLOW, REASON_SLOW)
+        Close::TOO_SLOW
     }
 }
 
 /// Ends a connection: leaves its rooms, queues the close frame behind everything already
 /// queued, waits for the writer and, when the gateway closed, for the client's close.
 async fn finish(
-    mut client: Client,
+    mut session: Session,
     mut reader: ws::Reader,
     writer: tokio::task::JoinHandle<()>,
-    code: u16,
-    reason: &'static str,
+    close: Close,
 ) {
-    let kick = client.kick.clone();
-    client.disconnect().await;
+    let kick = session.kick.clone();
+    session.disconnect().await;
     // The close frame goes through the queue, after everything already in it; a client
     // whose queue is stuck is simply cut off.
-    let close = Outbound::Close(Box::new((code, reason)));
-    if client
+    if session
         .outbox
-        .send_timeout(close, CLOSE_GRACE)
+        .send_timeout(Outbound::Close(Box::new(close)), CLOSE_GRACE)
         .await
         .is_err()
     {
         kick.cancel();
     }
-    drop(client);
+    drop(session);
     let _ = writer.await;
-    if code != 1000 && !kick.is_cancelled() {
+    if close.code != Close::NORMAL.code && !kick.is_cancelled() {
         // We closed: finish the closing handshake by reading (and dropping) what the client
         // still sends until its close arrives. Closing a socket with unread input resets
         // the connection, and the client would lose our close frame and its code.

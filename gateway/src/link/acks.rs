@@ -1,5 +1,6 @@
 //! The consumer's lazy multiple-ack. Every ack is a hand-off to the AMQP client's I/O
-//! task, and every gateway consumes every event, so deliveries are acked together: one
+//! task, and a gateway consumes every event of the rooms it serves, so deliveries are
+//! acked together: one
 //! multiple-ack of the last delivery once a quarter of the prefetch window is unacked, or
 //! `delay` after the first unacked one when no more arrive. The gateway's queue is its own
 //! and dies with its connection, so a late ack risks nothing. A pure state machine, given

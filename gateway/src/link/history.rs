@@ -1,27 +1,39 @@
 //! History over the broker: a request to `<prefix>.history` with RabbitMQ's direct
 //! reply-to, and the replies matched back to their waiting requests by correlation id.
+//! Identical history requests in flight at once are sent once and share the reply
+//! ([`SingleFlight`]). The same path carries the membership replay and the look-up of an
+//! edit's, deletion's or reaction's target message.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use chat_core::history::{HistoryReply, HistoryRequest};
+use chat_core::history::{
+    HistoryReply, HistoryRequest, MembershipReply, MembershipRequest, TargetMessage, TargetReply,
+    TargetRequest, MEMBERSHIP_TYPE, TARGET_TYPE,
+};
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use tokio::sync::oneshot;
 
+use super::single_flight::{Role, SingleFlight};
 use super::Link;
+
+/// History requests in flight, each asked of the archive once however many joins wait
+/// for it.
+pub(super) type HistoryCalls =
+    SingleFlight<HistoryRequest, Result<Arc<HistoryReply>, HistoryError>>;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub(super) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// Why history could not be fetched.
-#[derive(Debug, thiserror::Error)]
+/// Why history could not be fetched. Cloned to every request that shared the failed one.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HistoryError {
     #[error("the broker is not connected")]
     NotConnected,
     #[error("cannot send the history request: {0}")]
-    Failed(#[from] lapin::Error),
+    Failed(Arc<lapin::Error>),
     #[error("the archive did not answer in time")]
     Timeout,
     #[error("the archive failed: {0}")]
@@ -31,10 +43,10 @@ pub enum HistoryError {
 /// The requests of one session waiting for their reply, by correlation id. Dropped with
 /// the session, which fails every one of them at once.
 #[derive(Debug, Default)]
-pub(super) struct Waiting(Mutex<HashMap<String, oneshot::Sender<HistoryReply>>>);
+pub(super) struct Waiting(Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>);
 
 impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<HistoryReply>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<u8>>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -51,45 +63,97 @@ impl Waiting {
         let Some(waiter) = self.lock().remove(&id) else {
             return; // the request timed out already
         };
-        match serde_json::from_slice::<HistoryReply>(&reply.data) {
-            Ok(reply) => {
-                let _ = waiter.send(reply);
-            }
-            Err(err) => tracing::warn!(error = %err, "ignoring a malformed history reply"),
-        }
+        let _ = waiter.send(reply.data);
     }
 }
 
 impl Link {
-    /// Asks the archiver for a room's history over the broker.
-    pub async fn history(&self, request: &HistoryRequest) -> Result<HistoryReply, HistoryError> {
+    /// Asks the archiver for a room's history over the broker; a request identical to one
+    /// in flight waits for that one's reply instead of being sent again.
+    pub async fn history(
+        &self,
+        request: &HistoryRequest,
+    ) -> Result<Arc<HistoryReply>, HistoryError> {
+        let (reply, role) = self
+            .history_calls
+            .run(request.clone(), || async {
+                let body = serde_json::to_vec(request).expect("history requests serialise");
+                let reply: HistoryReply = self.ask(&body, None).await?;
+                match reply.error {
+                    Some(error) => Err(HistoryError::Archive(error)),
+                    None => Ok(Arc::new(reply)),
+                }
+            })
+            .await;
+        let role = match role {
+            Role::Made => "asked",
+            Role::Shared => "shared",
+        };
+        metrics::counter!("chat_history_asks_total", "role" => role).increment(1);
+        reply
+    }
+
+    /// Asks the archiver for one page of the membership replay over the broker.
+    pub async fn membership(
+        &self,
+        request: &MembershipRequest,
+    ) -> Result<MembershipReply, HistoryError> {
+        let body = serde_json::to_vec(request).expect("membership requests serialise");
+        let reply: MembershipReply = self.ask(&body, Some(MEMBERSHIP_TYPE)).await?;
+        match reply.error {
+            Some(error) => Err(HistoryError::Archive(error)),
+            None => Ok(reply),
+        }
+    }
+
+    /// Asks the archiver about the message an edit, deletion or reaction targets: `None`
+    /// when the room has no message with that id. An error means the archive could not
+    /// answer; the caller must not guess.
+    pub async fn target(
+        &self,
+        request: &TargetRequest,
+    ) -> Result<Option<TargetMessage>, HistoryError> {
+        let body = serde_json::to_vec(request).expect("target requests serialise");
+        let reply: TargetReply = self.ask(&body, Some(TARGET_TYPE)).await?;
+        match reply.error {
+            Some(error) => Err(HistoryError::Archive(error)),
+            None => Ok(reply.message),
+        }
+    }
+
+    /// Sends a request to the history queue and waits for its direct reply.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        body: &[u8],
+        kind: Option<&str>,
+    ) -> Result<T, HistoryError> {
         let session = self.current().ok_or(HistoryError::NotConnected)?;
         let correlation_id = chat_core::event::new_id();
         let (tx, rx) = oneshot::channel();
         session.waiting.lock().insert(correlation_id.clone(), tx);
-        let body = serde_json::to_vec(request).expect("history requests serialise");
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_expiration(self.history_timeout.as_millis().to_string().into());
+        if let Some(kind) = kind {
+            properties = properties.with_type(kind.into());
+        }
         let sent = session
             .history
             .basic_publish(
                 "".into(),
                 self.topology.history_queue().into(),
                 BasicPublishOptions::default(),
-                &body,
+                body,
                 properties,
             )
             .await;
         let outcome = match sent {
-            Err(err) => Err(HistoryError::Failed(err)),
+            Err(err) => Err(HistoryError::Failed(Arc::new(err))),
             Ok(_) => match tokio::time::timeout(self.history_timeout, rx).await {
-                Ok(Ok(reply)) => match reply.error {
-                    Some(error) => Err(HistoryError::Archive(error)),
-                    None => Ok(reply),
-                },
+                Ok(Ok(reply)) => serde_json::from_slice(&reply)
+                    .map_err(|e| HistoryError::Archive(format!("a malformed reply: {e}"))),
                 Ok(Err(_)) => Err(HistoryError::NotConnected),
                 Err(_) => Err(HistoryError::Timeout),
             },

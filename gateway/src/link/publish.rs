@@ -8,10 +8,12 @@
 use std::time::Duration;
 
 use chat_core::broker::event_properties;
+use chat_core::topology::routing_key;
 use chat_core::Event;
 use lapin::options::BasicPublishOptions;
 use lapin::PublisherConfirm;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Link;
 use crate::idempotency::Outcome;
@@ -51,17 +53,24 @@ impl PublishError {
     }
 }
 
-/// A publish the broker has accepted for confirmation.
-struct PendingConfirm(PublisherConfirm);
+/// A publish the broker has accepted for confirmation, and the token that ends its session
+/// if the broker nacks it.
+struct PendingConfirm(PublisherConfirm, CancellationToken);
 
 impl PendingConfirm {
-    /// Waits for the broker's confirm until `deadline`.
+    /// Waits for the broker's confirm until `deadline`. A nack also ends the session: on
+    /// RabbitMQ 3.10 a channel whose publish to a quorum queue was refused while the queue
+    /// elected a new leader (a cluster node lost) goes on nacking every later publish, so
+    /// only a fresh channel, on a fresh connection, publishes again.
     async fn confirmed_by(self, deadline: Instant) -> Result<(), PublishError> {
         match tokio::time::timeout_at(deadline, self.0).await {
             Err(_) => Err(PublishError::Timeout),
             Ok(Err(err)) => Err(PublishError::Failed(err)),
             Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
-            Ok(Ok(_)) => Err(PublishError::Nacked),
+            Ok(Ok(_)) => {
+                self.1.cancel();
+                Err(PublishError::Nacked)
+            }
         }
     }
 }
@@ -107,13 +116,14 @@ impl Link {
             .publisher
             .basic_publish(
                 self.topology.events_exchange().into(),
-                "".into(),
+                // Ignored by the fanout exchange; the rooms exchange behind it routes by it.
+                routing_key(event).into(),
                 BasicPublishOptions::default(),
                 payload,
                 event_properties(event),
             )
             .await?;
-        Ok(PendingConfirm(confirm))
+        Ok(PendingConfirm(confirm, session.nacked.clone()))
     }
 }
 
@@ -123,9 +133,10 @@ impl Publication {
         &self.event
     }
 
-    /// Waits for the broker's confirm. If the broker connection was lost before it came,
-    /// the same event, with the same id, is published again once the link is back, until
-    /// `PUBLISH_TIMEOUT_MS` has passed. `Ok` means the broker has the event: only then may
+    /// Waits for the broker's confirm. If the broker connection was lost before it came, or
+    /// the broker nacked it (which also replaces the connection), the same event, with the
+    /// same id, is published again once the link is back, until `PUBLISH_TIMEOUT_MS` has
+    /// passed. `Ok` means the broker has the event: only then may
     /// the client be told.
     pub async fn confirmed(self) -> Result<(), PublishError> {
         let started = Instant::now();
@@ -164,7 +175,12 @@ impl Publication {
             };
             let err = match outcome {
                 Ok(()) => return Ok(()),
-                Err(err @ (PublishError::Nacked | PublishError::Timeout)) => return Err(err),
+                Err(err @ PublishError::Timeout) => return Err(err),
+                // A nack ended the session (see `confirmed_by`): like a lost connection, the
+                // same event is published again on the next one, until the deadline.
+                Err(PublishError::Nacked) if Instant::now() >= deadline => {
+                    return Err(PublishError::Nacked)
+                }
                 // Blocked: the alarm lasts longer than a client should wait.
                 Err(PublishError::Blocked(reason)) if !sent => {
                     return Err(PublishError::Blocked(reason))
@@ -177,11 +193,20 @@ impl Publication {
             tokio::time::sleep(RETRY_PAUSE).await;
             let mut session = link.session.clone();
             let back = matches!(
-                tokio::time::timeout_at(deadline, session.wait_for(Option::is_some)).await,
+                tokio::time::timeout_at(
+                    deadline,
+                    // Not the session that was nacked: it is on its way out.
+                    session.wait_for(|s| s.as_ref().is_some_and(|c| !c.nacked.is_cancelled()))
+                )
+                .await,
                 Ok(Ok(_))
             );
             if !back {
-                return Err(if sent { PublishError::Lost } else { err });
+                return Err(match err {
+                    PublishError::Nacked => err,
+                    _ if sent => PublishError::Lost,
+                    _ => err,
+                });
             }
             tracing::debug!(id = %event.id, error = %err, "publishing again after a broker failure");
             attempt = link.send(&event, payload.as_bytes()).await;

@@ -1,21 +1,19 @@
-//! One broker session of the link: open and declare its three channels, publish them to
-//! the [`Link`](super::Link) handles, then consume until shutdown or a broker failure:
-//! events from the gateway's queue go to the local clients (acked lazily, [`LazyAck`]),
-//! direct replies go to the history requests waiting for them.
+//! One broker session of the link: open and declare its channels, bind the rooms served
+//! (when routing by room, [`Routes`]), publish them to the [`Link`](super::Link) handles,
+//! then consume until shutdown or a broker failure: events from the gateway's queue go to
+//! the local clients (acked lazily, [`LazyAck`]), direct replies go to the history requests
+//! waiting for them, and rooms whose last local member left are unbound.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chat_core::broker::{self, Supervisor};
+use chat_core::broker::{self, Acks, Supervisor};
 use chat_core::topology::Topology;
 use chat_core::{Event, EventKind};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions};
 use lapin::Connection;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::{LazyAck, Next};
 use super::history::{Waiting, REPLY_TO};
+use super::routes::Routes;
 use super::Channels;
+use crate::access::Projection;
 use crate::idempotency::{fingerprint, Says};
 use crate::rooms::Rooms;
 
@@ -39,8 +39,12 @@ pub(super) struct LinkSession {
     pub(super) rooms: Arc<Rooms>,
     /// Told of every message consumed, so resends are recognised.
     pub(super) says: Arc<Says>,
+    /// Folds every membership event consumed.
+    pub(super) projection: Arc<Projection>,
     /// Unacked deliveries from the gateway's queue (`GATEWAY_PREFETCH`).
     pub(super) prefetch: u16,
+    /// Whether the queue gets only the served rooms' events (`ROUTE_BY_ROOM`).
+    pub(super) route_by_room: bool,
     /// Where the [`Link`](super::Link) handles find the current session's channels.
     pub(super) channels: watch::Sender<Option<Arc<Channels>>>,
     pub(super) shutdown: CancellationToken,
@@ -71,15 +75,14 @@ async fn run(
         topology,
         rooms,
         says,
+        projection,
         prefetch,
+        route_by_room,
         channels,
         shutdown,
     } = link;
     let prefetch = *prefetch;
-    let publisher = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let publisher = chat_core::broker::open_channel(connection).await?;
     topology
         .declare_base(&publisher)
         .await
@@ -89,57 +92,61 @@ async fn run(
         .await
         .context("Failed to enable publisher confirms")?;
 
-    let consumer_channel = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let consumer_channel = chat_core::broker::open_channel(connection).await?;
     let queue = topology
-        .declare_gateway_queue(&consumer_channel)
+        .declare_gateway_queue(&consumer_channel, *route_by_room)
         .await
         .context("Failed to declare the gateway queue")?;
+    let routes = if *route_by_room {
+        let channel = chat_core::broker::open_channel(connection).await?;
+        let routes = Arc::new(Routes::new(topology.clone(), channel, queue.clone()));
+        // Every room with members here is bound before the session says it is up: gap
+        // repair then asks the archive only once each room's live flow is back, and joins
+        // find their room bound. The binds go out at once, one answer after the other.
+        let served = rooms.names();
+        futures_util::future::try_join_all(served.iter().map(|room| routes.serve(room, rooms)))
+            .await
+            .context("Failed to bind the served rooms")?;
+        Some(routes)
+    } else {
+        None
+    };
     consumer_channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .context("Failed to set the prefetch")?;
-    let mut events = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("Failed to consume the gateway queue")?;
+    let mut events = broker::consume(&consumer_channel, &queue, "", Acks::Manual).await?;
 
-    let history = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let history = chat_core::broker::open_channel(connection).await?;
     topology
         .declare_history_queue(&history)
         .await
         .context("Failed to declare the history queue")?;
-    let mut replies = history
-        .basic_consume(
-            REPLY_TO.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .context("Failed to consume direct replies")?;
+    let mut replies = broker::consume(&history, REPLY_TO, "", Acks::Auto).await?;
 
     let waiting = Arc::new(Waiting::default());
+    // Kept to close them at shutdown: a channel that is only dropped closes itself in the
+    // background, racing the connection's close (lapin then logs a spurious error).
+    let mut all = vec![publisher.clone(), history.clone(), consumer_channel.clone()];
+    all.extend(routes.as_ref().map(|r| r.channel().clone()));
+    let nacked = CancellationToken::new();
+    // Before the first delivery of this session, and before the replay that the link's
+    // coming up starts (`crate::access::run`): what was published while no queue of ours
+    // existed is unknown, membership changes included, until that replay is done.
+    projection.session_started();
     channels.send_replace(Some(Arc::new(Channels {
         publisher,
         history,
         waiting: waiting.clone(),
+        nacked: nacked.clone(),
+        routes: routes.clone(),
     })));
     supervisor.up();
-    tracing::info!(%queue, "gateway linked to the broker");
+    let routed = routes.as_ref().map(|r| r.len());
+    tracing::info!(%queue, ?routed, "gateway linked to the broker");
+    let routes_failed = routes
+        .as_ref()
+        .map_or_else(CancellationToken::new, |r| r.failed.clone());
 
     let mut acks = LazyAck::new(prefetch, ACK_DELAY);
     let ack_timer = tokio::time::sleep(ACK_DELAY);
@@ -147,13 +154,43 @@ async fn run(
     loop {
         let due = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                channels.send_replace(None);
+                drop(events);
+                drop(replies);
+                chat_core::broker::close_channels(&all).await;
+                return Ok(());
+            }
+            _ = nacked.cancelled() => bail!("the broker nacked a publish; opening a fresh connection"),
+            _ = routes_failed.cancelled() => bail!("the broker refused to bind or unbind a room; opening a fresh connection"),
+            // History replies before events: in a join storm the events (a join per
+            // joiner, each fanned out to the room) never stop coming, and a reply polled
+            // only when none is ready would wait past HISTORY_TIMEOUT_MS while joins pile
+            // up behind it. Replies are few and cheap to hand over.
+            reply = replies.next() => match reply {
+                Some(reply) => {
+                    waiting.answer(reply.context("Reply failed")?);
+                    false
+                }
+                None => bail!("the broker cancelled the reply consumer"),
+            },
+            // Rare and cheap: each unbind runs beside the loop, under its room's lock. Not
+            // when shutting down: the queue goes with the connection anyway.
+            emptied = rooms.emptied(), if routes.is_some() => {
+                if let Some(routes) = routes.as_ref().filter(|_| !shutdown.is_cancelled()) {
+                    for room in emptied {
+                        let (routes, rooms) = (routes.clone(), rooms.clone());
+                        tokio::spawn(async move { routes.release(&room, &rooms).await });
+                    }
+                }
+                false
+            }
             delivery = events.next() => match delivery {
                 Some(first) => {
                     let mut delivered = 0;
                     let mut next = Some(first);
                     while let Some(delivery) = next.take() {
-                        if let Some(valid) = deliver(rooms, says, delivery.context("Delivery failed")?).await? {
+                        if let Some(valid) = deliver(rooms, says, projection, delivery.context("Delivery failed")?).await? {
                             if let Next::AckBy(deadline) = acks.record(valid, Instant::now()) {
                                 ack_timer.as_mut().reset(deadline);
                             }
@@ -164,18 +201,14 @@ async fn run(
                             next = events.next().now_or_never().flatten();
                         }
                     }
+                    // What routing by room saves is seen here: the deliveries this gateway
+                    // had to take from the broker, counted once per batch.
+                    metrics::counter!("chat_events_consumed_total").increment(delivered as u64);
                     acks.is_full()
                 }
                 None => bail!("the broker cancelled the gateway's consumer"),
             },
             _ = &mut ack_timer, if acks.deadline().is_some() => true,
-            reply = replies.next() => match reply {
-                Some(reply) => {
-                    waiting.answer(reply.context("Reply failed")?);
-                    false
-                }
-                None => bail!("the broker cancelled the reply consumer"),
-            },
         };
         if let Some(last) = due.then(|| acks.take()).flatten() {
             let acked = last
@@ -195,6 +228,7 @@ async fn run(
 async fn deliver(
     rooms: &Rooms,
     says: &Says,
+    projection: &Projection,
     delivery: Delivery,
 ) -> anyhow::Result<Option<Delivery>> {
     match Event::decode(&delivery.data) {
@@ -204,7 +238,19 @@ async fn deliver(
                 // through another is recognised.
                 says.observe(&event.id, fingerprint(&event.room, &event.user, text));
             }
-            rooms.deliver(&event);
+            if event.kind.is_membership() && projection.apply(&event).is_some() {
+                // Before the event itself goes out: a removed member does not get it, and
+                // gets the `removed` message instead.
+                rooms.evict_unreadable(projection);
+            }
+            if projection.holds_back(&event.room) {
+                // A private room while the membership log is replayed after a new session:
+                // not delivered (nor remembered as delivered), the gap repair that follows
+                // the replay brings it to those who may read it.
+                metrics::counter!("chat_events_held_back_total").increment(1);
+            } else {
+                rooms.deliver(&event);
+            }
             Ok(Some(delivery))
         }
         Err(err) => {

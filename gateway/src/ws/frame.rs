@@ -3,6 +3,7 @@
 //! send are parsed here with every rule a server must enforce (masking, reserved bits,
 //! control frame limits) checked before the payload is buffered.
 
+use crate::close::{rfc6455, Close};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Frame opcodes.
@@ -33,19 +34,16 @@ pub enum FrameError {
 impl FrameError {
     /// The close code that tells the client what went wrong.
     pub fn close_code(&self) -> u16 {
-        match self {
-            FrameError::Protocol(_) => 1002,
-            FrameError::TooBig(_) => 1009,
-            FrameError::BadUtf8 => 1007,
-        }
+        self.close().code
     }
 
-    /// A short close reason (close frames carry at most 123 bytes of reason).
-    pub fn close_reason(&self) -> &'static str {
+    /// The close to answer with: the RFC's code and a short reason (close frames carry at
+    /// most 123 bytes of reason).
+    pub fn close(&self) -> Close {
         match self {
-            FrameError::Protocol(what) => what,
-            FrameError::TooBig(_) => "message too big",
-            FrameError::BadUtf8 => "text is not valid UTF-8",
+            FrameError::Protocol(what) => Close::new(rfc6455::PROTOCOL_ERROR, what),
+            FrameError::TooBig(_) => Close::new(rfc6455::MESSAGE_TOO_BIG, "message too big"),
+            FrameError::BadUtf8 => Close::new(rfc6455::INVALID_PAYLOAD, "text is not valid UTF-8"),
         }
     }
 }

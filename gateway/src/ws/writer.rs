@@ -35,6 +35,11 @@ impl Writer {
         self.pending.push_back(frame);
     }
 
+    /// Frames (or parts of frames) queued and not yet written.
+    pub fn pending_frames(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Bytes queued and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes

@@ -70,6 +70,10 @@ where
     F: FnOnce(TcpListener, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    // `RUST_LOG=debug cargo test -- --nocapture` shows the in-process services' logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        chat_core::telemetry::init();
+    }
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(listener, shutdown.clone()));
@@ -92,6 +96,105 @@ pub async fn start_gateway(prefix: &str, extra: &[&str]) -> Service {
         gateway::run(listener, config, shutdown)
     })
     .await
+}
+
+/// Starts a gateway that reaches the broker at `amqp_url` (a [`BrokerProxy`]'s) and waits
+/// until it is linked.
+pub async fn start_gateway_via(prefix: &str, amqp_url: &str, extra: &[&str]) -> Service {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut args = vec!["gateway", "--prefix", prefix, "--amqp-url", amqp_url];
+    args.extend_from_slice(extra);
+    let config = gateway::Config::try_parse_from(args).unwrap();
+    launch(listener, |listener, shutdown| {
+        gateway::run(listener, config, shutdown)
+    })
+    .await
+}
+
+/// A TCP proxy in front of the test broker that a test can cut: [`BrokerProxy::cut`]
+/// closes every connection through it and refuses new ones until [`BrokerProxy::restore`].
+/// It takes one service off the broker without touching the shared broker, whose other
+/// connections (other tests') go on.
+pub struct BrokerProxy {
+    /// The broker's URL through the proxy.
+    pub url: String,
+    state: std::sync::Arc<ProxyState>,
+    task: JoinHandle<()>,
+}
+
+struct ProxyState {
+    up: std::sync::atomic::AtomicBool,
+    /// Cancelled by `cut`: ends the connections made before it.
+    cut: std::sync::Mutex<CancellationToken>,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> Self {
+        let broker = amqp_url();
+        let (scheme, rest) = broker.split_once("://").expect("AMQP_URL has a scheme");
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (credentials, target) = match authority.rsplit_once('@') {
+            Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
+            None => (String::new(), authority.to_owned()),
+        };
+        let target = if target.contains(':') {
+            target
+        } else {
+            format!("{target}:5672")
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "{scheme}://{credentials}{}{path}",
+            listener.local_addr().unwrap()
+        );
+        let state = std::sync::Arc::new(ProxyState {
+            up: std::sync::atomic::AtomicBool::new(true),
+            cut: std::sync::Mutex::new(CancellationToken::new()),
+        });
+        let accepting = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accepting.up.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let cut = accepting.cut.lock().unwrap().clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    }
+                });
+            }
+        });
+        Self { url, state, task }
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.state
+            .up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let old = std::mem::take(&mut *self.state.cut.lock().unwrap());
+        old.cancel();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.state
+            .up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for BrokerProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.state.cut.lock().unwrap().cancel();
+    }
 }
 
 /// Starts an archiver on `db` and waits until it consumes.
@@ -228,6 +331,11 @@ impl Client {
         }
     }
 
+    /// Drops the frames matching `unwanted` from the backlog.
+    pub fn discard(&mut self, unwanted: impl Fn(&Value) -> bool) {
+        self.backlog.retain(|frame| !unwanted(frame));
+    }
+
     /// The next frame matching `want`; others are kept in the backlog, in order.
     pub async fn recv_until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
         if let Some(pos) = self.backlog.iter().position(&want) {
@@ -292,6 +400,20 @@ impl Client {
                 Some(Err(err)) => panic!("socket failed instead of closing: {err}"),
             }
         }
+    }
+
+    /// Presents a token and returns the `authenticated` answer (panics on a close).
+    pub async fn authenticate(&mut self, token: &str) -> Value {
+        self.send(json!({"type": "auth", "token": token})).await;
+        self.recv_until(|f| f["type"] == "authenticated").await
+    }
+
+    /// Sends a request with a `ref` and returns the `ack` or `error` for it.
+    pub async fn request(&mut self, mut frame: Value, r#ref: &str) -> Value {
+        frame["ref"] = json!(r#ref);
+        self.send(frame).await;
+        self.recv_until(|f| (f["type"] == "ack" || f["type"] == "error") && f["ref"] == r#ref)
+            .await
     }
 
     /// Joins a room and returns the `joined` frame.
@@ -364,51 +486,103 @@ pub async fn connect_with_headers(
     }
 }
 
-/// One of the workspace's binaries (built on first use), run as a real child process so
-/// that tests can SIGKILL or SIGTERM it.
+/// One of the workspace's binaries, run as a real child process so that tests can SIGKILL
+/// or SIGTERM it.
 pub struct Process {
     child: std::process::Child,
-    /// Its HTTP address, if it serves one.
+    /// Its HTTP address, as it reported it, if it serves one.
     pub addr: Option<SocketAddr>,
 }
 
-/// The path of a workspace binary, building the service binaries once if needed.
+/// The path of a workspace binary. `scripts/test.sh` builds them all before the tests
+/// (`cargo build --bins`) and says where (`CHAT_BIN_DIR`); a test run on its own finds them
+/// beside the gateway's, and says how to build them if they are missing.
 pub fn binary(name: &str) -> std::path::PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let dir = Path::new(env!("CARGO_BIN_EXE_gateway"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    BUILT.call_once(|| {
-        if !dir.join("archiver").exists() || !dir.join("logger").exists() {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "--bins", "-p", "archiver", "-p", "logger"])
-                .status()
-                .expect("cargo build");
-            assert!(status.success(), "building the service binaries failed");
-        }
-    });
-    dir.join(name)
+    let dir = std::env::var_os("CHAT_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_BIN_EXE_gateway"))
+                .parent()
+                .unwrap()
+                .to_owned()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
 }
 
 impl Process {
-    /// Starts `name` with these environment variables; waits for its `/healthz` when
-    /// `http` is given (the port it was told to listen on).
-    pub async fn start(name: &str, env: &[(&str, String)], http: Option<SocketAddr>) -> Self {
+    /// Starts `name` with these environment variables. With `http`, it listens on a port
+    /// of its own choosing (`<NAME>_LISTEN=127.0.0.1:0`, so no port can be taken
+    /// meanwhile), reports it in its start-up log line, and is waited for until healthy.
+    pub async fn start(name: &str, env: &[(&str, String)], http: bool) -> Self {
         let mut command = std::process::Command::new(binary(name));
-        command
-            .env("AMQP_URL", amqp_url())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("spawn service");
-        if let Some(addr) = http {
-            wait_healthy(addr).await;
+        Self::spawn(name, command, http).await
+    }
+
+    /// Like [`Process::start`], for a `command` that runs service `name` some other way
+    /// (through `prlimit`, say); the variables it sets win over the defaults.
+    pub async fn spawn(name: &str, mut command: std::process::Command, http: bool) -> Self {
+        let listen = format!("{}_LISTEN", name.to_uppercase());
+        let set: Vec<String> = command
+            .get_envs()
+            .map(|(key, _)| key.to_string_lossy().into_owned())
+            .collect();
+        for (key, value) in [
+            ("AMQP_URL", amqp_url()),
+            ("RUST_LOG", "info".to_owned()),
+            (listen.as_str(), "127.0.0.1:0".to_owned()),
+        ] {
+            if !set.iter().any(|k| k == key) {
+                command.env(key, value);
+            }
         }
-        Self { child, addr: http }
+        command
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("spawn service");
+        let (found, reported) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        // Reads the logs until the process ends, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let addr = ["http", "listen"]
+                    .iter()
+                    .find_map(|key| entry[key].as_str()?.parse::<SocketAddr>().ok());
+                if let Some(addr) = addr {
+                    let _ = found.send(addr);
+                }
+            }
+        });
+        let addr = if http {
+            let addr = tokio::task::spawn_blocking(move || reported.recv_timeout(WAIT))
+                .await
+                .unwrap()
+                .unwrap_or_else(|_| panic!("{name} reports its HTTP address"));
+            wait_healthy(addr).await;
+            Some(addr)
+        } else {
+            None
+        };
+        Self { child, addr }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a signal (`KILL`, `TERM`) to the process.
@@ -443,14 +617,6 @@ impl Drop for Process {
     }
 }
 
-/// A free port on 127.0.0.1.
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// The gateway's `/healthz` body.
 pub async fn health(gateway: &Service) -> (u16, Value) {
     let (status, body) = http_get(gateway.addr(), "/healthz").await;
@@ -459,12 +625,29 @@ pub async fn health(gateway: &Service) -> (u16, Value) {
 
 /// Every event of `room` in the archive at `addr`, oldest first.
 pub async fn archived(addr: SocketAddr, room: &str) -> Vec<Value> {
-    let (status, body) = http_get(addr, &format!("/api/rooms/{room}/events?limit=1000")).await;
-    if status != 200 {
-        return Vec::new();
+    // Page back from the newest, 1000 at a time (the API's most), so that long tests see
+    // every event.
+    let mut events = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let path = match &before {
+            Some(id) => format!("/api/rooms/{room}/events?limit=1000&before={id}"),
+            None => format!("/api/rooms/{room}/events?limit=1000"),
+        };
+        let (status, body) = http_get(addr, &path).await;
+        if status != 200 {
+            return events;
+        }
+        let page: Value = serde_json::from_str(&body).unwrap();
+        let mut older = page["events"].as_array().cloned().unwrap_or_default();
+        let full = older.len() == 1000;
+        before = page["before"].as_str().map(str::to_owned);
+        older.append(&mut events);
+        events = older;
+        if !full || before.is_none() {
+            return events;
+        }
     }
-    let page: Value = serde_json::from_str(&body).unwrap();
-    page["events"].as_array().cloned().unwrap_or_default()
 }
 
 /// A queue of the test's own on the events exchange: it shows exactly what was published.
