@@ -1,11 +1,18 @@
 //! The archiver's HTTP API (docs/api.md, described in OpenAPI at `/api/openapi.json`):
 //! rooms, pages of a room's history, full-text search, plus a health probe. Every bad query
 //! parameter gets a 400 with a JSON body naming the problem; unknown paths get a JSON 404.
+//!
+//! With `AUTH_MODE=token`, every `/api/` path but the OpenAPI document needs
+//! `Authorization: Bearer <token>` (401 without a valid one), a private room's history or
+//! search needs its membership (403 otherwise, unless the token has `admin: true`), and
+//! `/api/rooms` lists the public rooms and the caller's private ones. In open mode no token
+//! is asked for and every caller is a guest: public rooms only.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use chat_core::auth::{Refused, Verifier};
 use chat_core::event::Event;
 use chat_core::history::MAX_HISTORY;
 use chat_core::normalize;
@@ -14,6 +21,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::caller::Caller;
 use crate::search::{self, Query};
 use crate::store::{LookupError, Store};
 
@@ -46,44 +54,125 @@ pub struct Health {
     pub history: Arc<Readiness>,
 }
 
-/// All routes.
+/// All routes. `auth` is the token verifier in token mode, `None` in open mode.
 pub fn routes(
     store: Store,
     health: Health,
+    auth: Option<Arc<Verifier>>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    rooms(store.clone())
-        .or(room_events(store.clone()))
-        .or(search(store.clone()))
+    rooms(store.clone(), auth.clone())
+        .or(room_events(store.clone(), auth.clone()))
+        .or(search(store.clone(), auth))
         .or(openapi())
         .or(probes(store, health))
-        .recover(not_found)
+        .recover(chat_core::probes::unanswered)
+}
+
+/// The caller of a request, or the 401 that refuses it.
+fn with_caller(
+    auth: Option<Arc<Verifier>>,
+) -> impl Filter<Extract = (Result<Caller, Box<warp::reply::Response>>,), Error = Rejection> + Clone
+{
+    warp::header::optional::<String>("authorization")
+        .map(move |header: Option<String>| identify(auth.as_deref(), header.as_deref()))
+}
+
+fn identify(
+    auth: Option<&Verifier>,
+    header: Option<&str>,
+) -> Result<Caller, Box<warp::reply::Response>> {
+    let token = header.and_then(|h| h.strip_prefix("Bearer "));
+    match Caller::identify(auth, token) {
+        Ok(caller) => Ok(caller),
+        Err(refused) => {
+            let code = match refused {
+                Refused::Expired => "token_expired",
+                _ => "unauthorized",
+            };
+            let message = match refused {
+                Refused::Missing => "send Authorization: Bearer <token>".to_owned(),
+                other => other.to_string(),
+            };
+            Err(Box::new(
+                warp::reply::with_header(
+                    error(StatusCode::UNAUTHORIZED, code, &message),
+                    "www-authenticate",
+                    "Bearer",
+                )
+                .into_response(),
+            ))
+        }
+    }
+}
+
+/// The 403 for a room the caller may not read. The message does not say whether the room
+/// exists: a private room's name is all a non-member could learn, and they typed it.
+fn forbidden(room: &str) -> warp::reply::Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        &format!("room {room:?} is private and you are not a member"),
+    )
 }
 
 /// GET /api/rooms
-fn rooms(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn rooms(
+    store: Store,
+    auth: Option<Arc<Verifier>>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms")
         .and(warp::get())
+        .and(with_caller(auth))
         .and(with_store(store))
-        .then(|store: Store| async move {
-            match store.rooms().await {
-                Ok(rooms) => json(StatusCode::OK, &RoomsBody { rooms }),
-                Err(err) => database_error(&err),
-            }
-        })
+        .then(
+            |caller: Result<Caller, Box<warp::reply::Response>>, store: Store| async move {
+                let caller = match caller {
+                    Ok(caller) => caller,
+                    Err(response) => return *response,
+                };
+                let hidden = match store.hidden_rooms(caller.reader()).await {
+                    Ok(hidden) => hidden,
+                    Err(err) => return database_error(&err),
+                };
+                match store.rooms().await {
+                    Ok(mut rooms) => {
+                        rooms.retain(|r| !hidden.contains(&r.room));
+                        json(StatusCode::OK, &RoomsBody { rooms })
+                    }
+                    Err(err) => database_error(&err),
+                }
+            },
+        )
 }
 
 /// `GET /api/rooms/{room}/events?limit=50&before=<id>`
-fn room_events(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn room_events(
+    store: Store,
+    auth: Option<Arc<Verifier>>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms" / String / "events")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
+        .and(with_caller(auth))
         .and(with_store(store))
         .then(
-            |room: String, query: HashMap<String, String>, store: Store| async move {
+            |room: String,
+             query: HashMap<String, String>,
+             caller: Result<Caller, Box<warp::reply::Response>>,
+             store: Store| async move {
+                let caller = match caller {
+                    Ok(caller) => caller,
+                    Err(response) => return *response,
+                };
                 let page = match PageQuery::parse(&room, &query) {
                     Ok(page) => page,
                     Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
                 };
+                match store.can_read(&room, caller.reader()).await {
+                    Ok(true) => {}
+                    Ok(false) => return forbidden(&room),
+                    Err(err) => return database_error(&err),
+                }
                 match store.page(&room, page.limit, page.before.as_deref()).await {
                     Ok(events) => json(
                         StatusCode::OK,
@@ -101,30 +190,58 @@ fn room_events(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rej
 }
 
 /// GET /api/search?q=words&room=lobby&limit=50
-fn search(store: Store) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn search(
+    store: Store,
+    auth: Option<Arc<Verifier>>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "search")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
+        .and(with_caller(auth))
         .and(with_store(store))
-        .then(|query: HashMap<String, String>, store: Store| async move {
-            let search = match SearchQuery::parse(&query) {
-                Ok(search) => search,
-                Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
-            };
-            match store
-                .search(&search.query, search.room.as_deref(), search.limit)
-                .await
-            {
-                Ok(events) => json(
-                    StatusCode::OK,
-                    &SearchBody {
-                        query: search.query.text(),
-                        events,
-                    },
-                ),
-                Err(err) => database_error(&err),
-            }
-        })
+        .then(
+            |query: HashMap<String, String>,
+             caller: Result<Caller, Box<warp::reply::Response>>,
+             store: Store| async move {
+                let caller = match caller {
+                    Ok(caller) => caller,
+                    Err(response) => return *response,
+                };
+                let search = match SearchQuery::parse(&query) {
+                    Ok(search) => search,
+                    Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
+                };
+                if let Some(room) = &search.room {
+                    match store.can_read(room, caller.reader()).await {
+                        Ok(true) => {}
+                        Ok(false) => return forbidden(room),
+                        Err(err) => return database_error(&err),
+                    }
+                }
+                let hidden = match store.hidden_rooms(caller.reader()).await {
+                    Ok(hidden) => hidden,
+                    Err(err) => return database_error(&err),
+                };
+                match store
+                    .search(&search.query, search.room.as_deref(), search.limit)
+                    .await
+                {
+                    // Matches in rooms the caller may not read are dropped (a page may then
+                    // hold fewer than `limit` results).
+                    Ok(mut events) => {
+                        events.retain(|e| !hidden.contains(&e.room));
+                        json(
+                            StatusCode::OK,
+                            &SearchBody {
+                                query: search.query.text(),
+                                events,
+                            },
+                        )
+                    }
+                    Err(err) => database_error(&err),
+                }
+            },
+        )
 }
 
 /// GET /api/openapi.json
@@ -262,17 +379,6 @@ struct HealthBody {
     blocked: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
 fn with_store(store: Store) -> impl Filter<Extract = (Store,), Error = Infallible> + Clone {
     warp::any().map(move || store.clone())
 }
@@ -282,12 +388,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
-    json(
-        status,
-        &ErrorBody {
-            error: ErrorDetail { code, message },
-        },
-    )
+    chat_core::probes::json_error(status, code, message)
 }
 
 fn database_error(err: &sqlx::Error) -> warp::reply::Response {
@@ -297,26 +398,4 @@ fn database_error(err: &sqlx::Error) -> warp::reply::Response {
         "database",
         "the archive is unavailable",
     )
-}
-
-async fn not_found(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        return Ok(error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "only GET is supported",
-        ));
-    }
-    if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        return Ok(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "the query string is malformed",
-        ));
-    }
-    Ok(error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint",
-    ))
 }

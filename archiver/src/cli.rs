@@ -1,7 +1,14 @@
 //! The archiver's command line: `archiver` (or `archiver serve`) runs the service; the other
 //! commands read an existing archive directly (the broker and the service are not
 //! needed, and they are safe while the service runs): `history`, `rooms`, `search` and
-//! `export`.
+//! `export`; `rebuild` recomputes the projections from the stored events.
+//!
+//! The read commands follow the HTTP API's access rules (`crate::caller`): in open mode
+//! they act for a guest (public rooms only), in `AUTH_MODE=token` for the user of the
+//! token given with `--token` or `ARCHIVER_TOKEN`, verified with the same settings as the
+//! API's Bearer tokens (an `admin` token reads every room). This keeps a shared tool from
+//! showing a private room to whoever may run it; it is no barrier against whoever can read
+//! the database itself, which holds every room in clear (docs/operations.md).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,6 +18,7 @@ use chat_core::history::MAX_HISTORY;
 use chat_core::{logline, normalize, Event};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
+use crate::caller::Caller;
 use crate::export::{self, Format};
 use crate::search::{self, Query};
 use crate::store::{LookupError, RoomSummary, Start, Store};
@@ -26,6 +34,11 @@ use crate::Config;
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
+    /// The read commands only, in AUTH_MODE=token: the token (a JWT, as for the HTTP API)
+    /// of the user to read as; private rooms are shown to their members and to `admin`
+    /// tokens only. Mint one with `gateway token --sub ops --admin --ttl 15m`.
+    #[arg(long, env = "ARCHIVER_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -35,8 +48,50 @@ pub struct Cli {
 pub enum Command {
     /// Run the archiver service (the default).
     Serve,
+    /// Rebuild the system's queues with this version's arguments (classic queues from an
+    /// older version become quorum queues) without losing an event, while the gateways run:
+    /// `<prefix>.dead`, `<prefix>.logger`, `<prefix>.archiver` and any side subscriber
+    /// named with --subscriber. Stop the logger, the archiver and those subscribers first.
+    /// Safe to run again; a queue already up to date is left alone.
+    MigrateQueues {
+        /// A side subscriber whose queue `<prefix>.<name>` is migrated too (repeatable).
+        #[arg(long = "subscriber", value_name = "NAME")]
+        subscribers: Vec<String>,
+    },
+    /// Refill the archive from the event log stream `<prefix>.log`, from the oldest event it
+    /// holds, an RFC 3339 time, or an offset, up to the moment the command started: what a
+    /// lost archive, or one restored from an older backup, lacks within the stream's
+    /// retention. Inserts only events the archive does not have. Stop the archiver first.
+    RestoreFromLog {
+        /// Where to start: `first`, an RFC 3339 time, or an offset.
+        #[arg(long = "from", value_name = "first|TIME|OFFSET")]
+        from: chat_core::log_stream::StartAt,
+    },
+    /// Drop every projection (who may read and moderate which room, each message's current
+    /// text, edits, deletion and reactions, the SQLite search index) and fold it again from
+    /// the stored events, in one transaction: readers see the old projections until it
+    /// commits. Safe while the service runs (its batches wait); prints what it recomputed
+    /// and how long it took.
+    Rebuild,
     #[command(flatten)]
     Read(ReadCommand),
+}
+
+/// `archiver rebuild`: see [`Command::Rebuild`].
+pub async fn rebuild(database_url: &str) -> anyhow::Result<()> {
+    let store = Store::open_existing(database_url).await?;
+    let started = std::time::Instant::now();
+    let rebuilt = store.rebuild().await;
+    store.close().await;
+    let rebuilt = rebuilt.context("Failed to rebuild the projections")?;
+    println!(
+        "rebuilt from {} events: {} membership events folded, {} messages folded, in {:.2} s",
+        rebuilt.events,
+        rebuilt.membership,
+        rebuilt.messages,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The commands that read the archive.
@@ -94,9 +149,63 @@ pub enum ReadCommand {
     },
 }
 
-/// Runs a command against the archive at `database_url`, which must exist: a mistyped path
-/// is an error, not a new empty archive.
-pub async fn run(command: ReadCommand, database_url: &str) -> anyhow::Result<()> {
+/// `archiver migrate-queues`: migrates each queue in turn (see `chat_core::migrate`) and
+/// prints what it did, one line per queue.
+pub async fn migrate_queues(
+    broker: &chat_core::broker::BrokerArgs,
+    subscribers: &[String],
+) -> anyhow::Result<()> {
+    use chat_core::migrate::{migrate, Outcome, Target};
+    let topology = broker.topology()?;
+    let mut targets = vec![
+        Target::Dead,
+        Target::Subscriber("logger".to_owned()),
+        Target::Subscriber("archiver".to_owned()),
+    ];
+    for name in subscribers {
+        let queue = topology.subscriber_queue(name);
+        chat_core::topology::Topology::new(&queue)
+            .with_context(|| format!("invalid subscriber name {name:?}"))?;
+        targets.push(Target::Subscriber(name.clone()));
+    }
+    let connection = chat_core::broker::connect(&broker.amqp_url, "archiver migrate-queues")
+        .await
+        .with_context(|| {
+            format!(
+                "Failed to connect to {}",
+                chat_core::broker::redact(&broker.amqp_url)
+            )
+        })?;
+    for target in &targets {
+        let queue = match target {
+            Target::Dead => topology.dead_queue(),
+            Target::Subscriber(name) => topology.subscriber_queue(name),
+        };
+        let outcome = migrate(&connection, &topology, target)
+            .await
+            .with_context(|| {
+                format!("Failed to migrate {queue} (run the command again to finish)")
+            })?;
+        let said = match outcome {
+            Outcome::Missing => "does not exist; nothing to do".to_owned(),
+            Outcome::UpToDate => "already up to date".to_owned(),
+            Outcome::Migrated { moved } => {
+                format!("declared again as a quorum queue; {moved} message(s) carried over")
+            }
+        };
+        println!("{queue}: {said}");
+    }
+    let _ = connection.close(200, "migrated".into()).await;
+    Ok(())
+}
+
+/// Runs a command against the archive of `config`, which must exist (a mistyped path is an
+/// error, not a new empty archive), as the caller `token` names (see the module's
+/// comment): a refused token, or a private room the caller may not read, is an error and
+/// prints nothing of the room.
+pub async fn run(command: ReadCommand, config: &Config, token: Option<&str>) -> anyhow::Result<()> {
+    let caller = caller(config, token)?;
+    let database_url = config.database_url.as_str();
     let result = match command {
         ReadCommand::History {
             room,
@@ -104,19 +213,22 @@ pub async fn run(command: ReadCommand, database_url: &str) -> anyhow::Result<()>
             before,
             since,
             json,
-        } => history(database_url, &room, limit, before, since, json).await,
-        ReadCommand::Rooms { json } => rooms(database_url, json).await,
+        } => history(database_url, &caller, &room, limit, before, since, json).await,
+        ReadCommand::Rooms { json } => rooms(database_url, &caller, json).await,
         ReadCommand::Search {
             words,
             room,
             limit,
             json,
-        } => search(database_url, &words.join(" "), room.as_deref(), limit, json).await,
+        } => {
+            let words = words.join(" ");
+            search(database_url, &caller, &words, room.as_deref(), limit, json).await
+        }
         ReadCommand::Export {
             room,
             format,
             output,
-        } => export(database_url, &room, format, output.as_deref()).await,
+        } => export(database_url, &caller, &room, format, output.as_deref()).await,
     };
     // A reader that stops early (`| head`) is not a failure.
     match result {
@@ -125,8 +237,41 @@ pub async fn run(command: ReadCommand, database_url: &str) -> anyhow::Result<()>
     }
 }
 
+/// The caller the read commands act for.
+fn caller(config: &Config, token: Option<&str>) -> anyhow::Result<Caller> {
+    let verifier = config
+        .auth
+        .verifier(chat_core::normalize::Limits::DECODE.max_name)?;
+    Caller::identify(verifier.as_ref(), token).map_err(|refused| match refused {
+        chat_core::auth::Refused::Missing => anyhow::anyhow!(
+            "AUTH_MODE=token: the read commands need the token of the user to read as \
+             (--token or ARCHIVER_TOKEN; an operator can mint an admin one with \
+             `gateway token --sub <you> --admin --ttl 15m`)"
+        ),
+        other => anyhow::anyhow!("the token is refused: {other}"),
+    })
+}
+
+/// Fails unless `caller` may read `room`; says nothing of whether the room exists.
+async fn check_readable(store: &Store, caller: &Caller, room: &str) -> anyhow::Result<()> {
+    let readable = store
+        .can_read(room, caller.reader())
+        .await
+        .context("Failed to read the archive's access rules")?;
+    anyhow::ensure!(
+        readable,
+        "forbidden: room {room:?} is private and {} not a member",
+        match &caller.user {
+            Some(user) => format!("{user:?} is"),
+            None => "a guest (open mode) is".to_owned(),
+        }
+    );
+    Ok(())
+}
+
 async fn history(
     database_url: &str,
+    caller: &Caller,
     room: &str,
     limit: u32,
     before: Option<String>,
@@ -136,11 +281,16 @@ async fn history(
     normalize::room(room)?;
     let ranged = since.is_some() || before.is_some();
     let store = Store::open_existing(database_url).await?;
-    let events = match &since {
-        Some(start) => store.page_from(room, start, limit).await,
-        None => store.page(room, limit, before.as_deref()).await,
-    };
+    let events = async {
+        check_readable(&store, caller, room).await?;
+        Ok::<_, anyhow::Error>(match &since {
+            Some(start) => store.page_from(room, start, limit).await,
+            None => store.page(room, limit, before.as_deref()).await,
+        })
+    }
+    .await;
     store.close().await;
+    let events = events?;
     let events = match (events, since) {
         (Err(LookupError::UnknownEvent(..)), Some(Start::After(id))) => anyhow::bail!(
             "--since {id:?} is neither an RFC 3339 time (such as 2026-11-28T15:03:15Z) nor \
@@ -162,11 +312,14 @@ async fn history(
     print_events(&events, json).await
 }
 
-async fn rooms(database_url: &str, json: bool) -> anyhow::Result<()> {
+async fn rooms(database_url: &str, caller: &Caller, json: bool) -> anyhow::Result<()> {
     let store = Store::open_existing(database_url).await?;
+    let hidden = store.hidden_rooms(caller.reader()).await;
     let rooms = store.rooms().await;
     store.close().await;
-    let rooms = rooms.context("Failed to read the rooms")?;
+    let hidden = hidden.context("Failed to read the archive's access rules")?;
+    let mut rooms = rooms.context("Failed to read the rooms")?;
+    rooms.retain(|r| !hidden.contains(&r.room));
     let lines = if json {
         rooms
             .iter()
@@ -200,6 +353,7 @@ fn room_table(rooms: &[RoomSummary]) -> Vec<String> {
 
 async fn search(
     database_url: &str,
+    caller: &Caller,
     words: &str,
     room: Option<&str>,
     limit: u32,
@@ -210,21 +364,43 @@ async fn search(
         normalize::room(room)?;
     }
     let store = Store::open_existing(database_url).await?;
-    let events = store.search(&query, room, limit).await;
+    let events = async {
+        if let Some(room) = room {
+            check_readable(&store, caller, room).await?;
+        }
+        let hidden = store
+            .hidden_rooms(caller.reader())
+            .await
+            .context("Failed to read the archive's access rules")?;
+        let mut events = store
+            .search(&query, room, limit)
+            .await
+            .context("Failed to search the archive")?;
+        // As the API does: matches in rooms the caller may not read are dropped (fewer
+        // than `limit` may remain).
+        events.retain(|e| !hidden.contains(&e.room));
+        Ok::<_, anyhow::Error>(events)
+    }
+    .await;
     store.close().await;
-    print_events(&events.context("Failed to search the archive")?, json).await
+    print_events(&events?, json).await
 }
 
 /// Exports to stdout, or to `output` through a `.part` file renamed once complete, so that
 /// a failed export never leaves a file that looks whole.
 async fn export(
     database_url: &str,
+    caller: &Caller,
     room: &str,
     format: Format,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
     normalize::room(room)?;
     let store = Store::open_existing(database_url).await?;
+    if let Err(err) = check_readable(&store, caller, room).await {
+        store.close().await;
+        return Err(err);
+    }
     let result = match output {
         None => {
             let mut out = BufWriter::new(tokio::io::stdout());

@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod caller;
 pub mod cli;
 pub mod export;
+pub mod restore;
 pub mod rpc;
 pub mod search;
 pub mod store;
@@ -14,6 +16,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use chat_core::broker::{redact, BrokerArgs};
 use chat_core::subscriber::{self, EventSink, Readiness, SubscriberConfig};
 use chat_core::Event;
@@ -29,6 +32,8 @@ pub struct Config {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub http: chat_core::http::HttpArgs,
+    #[command(flatten)]
+    pub auth: chat_core::auth::AuthArgs,
     /// The archive: `sqlite://<file>` or `postgres://<user>@<host>/<database>` (also
     /// `postgresql://`); any other scheme is refused. `serve` creates it (the SQLite file
     /// with its directory, or the PostgreSQL database) if missing and migrates it; the other
@@ -53,6 +58,10 @@ pub struct Config {
     /// then covers many events under load.
     #[arg(long, env = "ARCHIVER_BATCH_LINGER_MS", default_value_t = 5)]
     pub batch_linger_ms: u64,
+    /// The retention of the event log stream `<prefix>.log`, which the archiver declares
+    /// (docs/topology.md).
+    #[command(flatten)]
+    pub log_stream: chat_core::log_stream::LogRetention,
 }
 
 /// Serves until `shutdown` is cancelled: the batch in hand is committed and acked, the HTTP
@@ -64,6 +73,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topology = config.broker.topology()?;
     config.http.validate()?;
+    config.log_stream.validate()?;
+    let auth = config
+        .auth
+        .verifier(chat_core::normalize::Limits::DECODE.max_name)?
+        .map(Arc::new);
     chat_core::fdlimit::raise();
     // Installed before anything is recorded: counts made before the first scrape count.
     chat_core::metrics::handle();
@@ -89,6 +103,7 @@ pub async fn run(
             prefetch: config.prefetch,
             batch_max: config.batch_max.max(1),
             batch_linger: std::time::Duration::from_millis(config.batch_linger_ms),
+            log_stream: Some(config.log_stream.clone()),
         },
         ArchiveSink(store.clone()),
         health.subscriber.clone(),
@@ -101,13 +116,13 @@ pub async fn run(
         health.history.clone(),
         shutdown.clone(),
     ));
-    let routes = api::routes(store.clone(), health);
+    let routes = api::routes(store.clone(), health, auth);
     chat_core::http::serve_warp(listener, &config.http, routes, shutdown.clone()).await;
-    let _ = archive.await;
-    let _ = history.await;
+    let archived = archive.await.context("The archive task panicked")?;
+    let answered = history.await.context("The history task panicked")?;
     store.close().await;
     tracing::info!("archiver stopped");
-    Ok(())
+    archived.and(answered)
 }
 
 /// The archive as the subscriber's sink: a batch is one transaction.

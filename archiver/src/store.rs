@@ -14,7 +14,9 @@ pub mod sqlite;
 
 use std::future::Future;
 
-use chat_core::event::Event;
+use chat_core::access::{Reader, Refusal, Snapshot};
+use chat_core::event::{Event, Visibility};
+use chat_core::history::TargetMessage;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::stream::BoxStream;
 use serde::Serialize;
@@ -56,11 +58,77 @@ pub enum Start {
     After(String),
 }
 
+/// One row of the access projection's tables, as [`Database::access_rows`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessRow {
+    /// A created room.
+    Room {
+        room: String,
+        visibility: Visibility,
+        owner: String,
+    },
+    /// A member of a private room.
+    Member { room: String, user: String },
+}
+
+/// What `archiver rebuild` recomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rebuilt {
+    /// Events in the archive (every one was read, or its index rebuilt).
+    pub events: u64,
+    /// Membership events folded into the access projection again.
+    pub membership: u64,
+    /// Messages folded again from the actions targeting them.
+    pub messages: u64,
+}
+
 /// What an archive backend does; each implementation has its own SQL.
 pub trait Database {
-    /// Stores a batch atomically in one statement; events already archived (or repeated in
-    /// the batch) are skipped. Returns how many rows were new. Rows keep the batch's order.
+    /// Stores a batch atomically, its chat events in one statement; events already
+    /// archived (or repeated in the batch) are skipped. Returns how many rows were new. Rows
+    /// keep the batch's order. Membership events go to the membership log and are folded
+    /// into the access projection (rules: `chat_core::access::decide`) in the same
+    /// transaction; so are the messages that the batch's edits, deletions and reactions
+    /// target, and its messages that earlier actions were waiting for, into the message
+    /// projection (`chat_core::projection::fold`, recomputed whole for each, so a repeat or
+    /// any delivery order gives the same state).
     fn insert(&self, events: &[Event]) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Message `id` of `room` as the rules of edits, deletions and reactions need it;
+    /// `None` if the room has no message with that id.
+    fn target(
+        &self,
+        room: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<TargetMessage>, sqlx::Error>> + Send;
+
+    /// Drops every projection (access, message states, the search index where it is
+    /// kept apart) and folds it again from the stored events, in one transaction.
+    fn rebuild(&self) -> impl Future<Output = Result<Rebuilt, sqlx::Error>> + Send;
+
+    /// Up to `limit` membership events archived after position `after` (0: from the
+    /// start), oldest first, each with its position: the pages a gateway replays.
+    fn membership_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(i64, Event)>, sqlx::Error>> + Send;
+
+    /// A created room's visibility and whether `user` is a member; `None` if never created.
+    fn room_access(
+        &self,
+        room: &str,
+        user: Option<&str>,
+    ) -> impl Future<Output = Result<Option<(Visibility, bool)>, sqlx::Error>> + Send;
+
+    /// The private rooms `user` (or, with `None`, a guest) is not a member of.
+    fn hidden_rooms(
+        &self,
+        user: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
+
+    /// Every row of the access projection.
+    fn access_rows(&self) -> impl Future<Output = Result<Vec<AccessRow>, sqlx::Error>> + Send;
 
     /// Every room with its event count and last activity, most recently active first.
     fn rooms(&self) -> impl Future<Output = Result<Vec<RoomSummary>, sqlx::Error>> + Send;
@@ -219,6 +287,78 @@ impl Store {
         dispatch!(self, db => db.insert(events).await)
     }
 
+    /// See [`Database::target`].
+    pub async fn target(&self, room: &str, id: &str) -> Result<Option<TargetMessage>, sqlx::Error> {
+        dispatch!(self, db => db.target(room, id).await)
+    }
+
+    /// See [`Database::rebuild`].
+    pub async fn rebuild(&self) -> Result<Rebuilt, sqlx::Error> {
+        dispatch!(self, db => db.rebuild().await)
+    }
+
+    /// See [`Database::membership_after`].
+    pub async fn membership_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Event)>, sqlx::Error> {
+        dispatch!(self, db => db.membership_after(after, limit).await)
+    }
+
+    /// Whether `reader` may read `room`, by the archive's access projection: public rooms
+    /// (created or not) for everyone, private ones for their members and admins.
+    pub async fn can_read(&self, room: &str, reader: Reader<'_>) -> Result<bool, sqlx::Error> {
+        let (user, admin) = match reader {
+            Reader::Guest => (None, false),
+            Reader::User { id, admin } => (Some(id), admin),
+        };
+        let access = dispatch!(self, db => db.room_access(room, user).await)?;
+        Ok(match access {
+            None | Some((Visibility::Public, _)) => true,
+            Some((Visibility::Private, member)) => member || admin,
+        })
+    }
+
+    /// The rooms `reader` may not read (none for an admin).
+    pub async fn hidden_rooms(
+        &self,
+        reader: Reader<'_>,
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        let user = match reader {
+            Reader::User { admin: true, .. } => return Ok(Default::default()),
+            Reader::User { id, .. } => Some(id),
+            Reader::Guest => None,
+        };
+        let rooms = dispatch!(self, db => db.hidden_rooms(user).await)?;
+        Ok(rooms.into_iter().collect())
+    }
+
+    /// The whole access projection, in the comparable form `chat_core::access` gives.
+    pub async fn access_snapshot(&self) -> Result<Snapshot, sqlx::Error> {
+        let rows = dispatch!(self, db => db.access_rows().await)?;
+        let mut snapshot = Snapshot::new();
+        let mut members = Vec::new();
+        for row in rows {
+            match row {
+                AccessRow::Room {
+                    room,
+                    visibility,
+                    owner,
+                } => {
+                    snapshot.insert(room, (visibility, owner, Default::default()));
+                }
+                AccessRow::Member { room, user } => members.push((room, user)),
+            }
+        }
+        for (room, user) in members {
+            if let Some((_, _, set)) = snapshot.get_mut(&room) {
+                set.insert(user);
+            }
+        }
+        Ok(snapshot)
+    }
+
     /// See [`Database::rooms`].
     pub async fn rooms(&self) -> Result<Vec<RoomSummary>, sqlx::Error> {
         dispatch!(self, db => db.rooms().await)
@@ -285,6 +425,14 @@ impl Store {
     pub async fn close(&self) {
         dispatch!(self, db => db.close().await)
     }
+}
+
+/// Logs and counts a membership event the rules refused: it is archived (it happened) but
+/// changes nothing.
+pub(crate) fn refused(event: &Event, refusal: &Refusal) {
+    metrics::counter!("chat_membership_refused_total", "consumer" => "archiver").increment(1);
+    tracing::warn!(id = %event.id, room = %event.room, user = %event.user, reason = %refusal,
+        "a membership event breaks the rules; it changes nothing");
 }
 
 /// The first millisecond at or after `at` (stored times have millisecond precision), so

@@ -88,6 +88,7 @@ pub async fn run(
             prefetch: config.prefetch,
             batch_max: config.batch_max.max(1),
             batch_linger: std::time::Duration::from_millis(config.batch_linger_ms),
+            log_stream: None,
         },
         sink,
         readiness.clone(),
@@ -98,18 +99,11 @@ pub async fn run(
         let broker = readiness.is_ready();
         Box::pin(async move { (broker, serde_json::json!({ "broker": broker })) })
     });
-    let routes = probes::routes(ready).recover(|_| async {
-        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
-            warp::reply::json(
-                &serde_json::json!({"error": {"code": "not_found", "message": "no such endpoint"}}),
-            ),
-            warp::http::StatusCode::NOT_FOUND,
-        ))
-    });
+    let routes = probes::routes(ready).recover(probes::unanswered);
     chat_core::http::serve_warp(listener, &config.http, routes, shutdown.clone()).await;
-    let _ = subscriber.await;
+    let outcome = subscriber.await.context("The subscriber task panicked")?;
     tracing::info!("logger stopped");
-    Ok(())
+    outcome
 }
 
 /// Sets `reopen` on every SIGHUP until `shutdown`.

@@ -1,5 +1,6 @@
 //! `logger`: parses settings, then serves (until Ctrl-C or SIGTERM; SIGHUP reopens the log
 //! file) or runs `tail`.
+use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use clap::Parser;
 use logger::cli::{Cli, Command};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Tail {
@@ -18,12 +19,7 @@ async fn main() -> anyhow::Result<()> {
         }) => logger::tail::run(&cli.config.log_file, room.as_deref(), lines, follow).await,
         Some(Command::Serve) | None => serve(cli.config).await,
     };
-    if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "logger failed");
-        eprintln!("logger: {err:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+    chat_core::telemetry::finish("logger", result)
 }
 
 async fn serve(config: logger::Config) -> anyhow::Result<()> {

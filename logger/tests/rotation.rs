@@ -54,7 +54,7 @@ async fn sighup_makes_the_logger_reopen_its_file_after_a_rotation() {
     .await;
 
     broker.publish_event(&message("first")).await;
-    file_contains(log.clone(), "<alice> first").await;
+    file_contains(log.clone(), "<~alice> first").await;
     let rotated = dir.path().join("chat.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     let pid = child.id().to_string();
@@ -66,7 +66,7 @@ async fn sighup_makes_the_logger_reopen_its_file_after_a_rotation() {
     // Let the signal land before the next event.
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.publish_event(&message("second")).await;
-    let new = file_contains(log.clone(), "<alice> second").await;
+    let new = file_contains(log.clone(), "<~alice> second").await;
     assert!(!new.contains("first"), "{new}");
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("first") && !old.contains("second"), "{old}");

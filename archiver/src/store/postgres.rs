@@ -9,7 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::event::{format_time, Event, EventKind, SCHEMA_VERSION};
+use chat_core::access::{self, Change, RoomInfo};
+use chat_core::event::{format_time, Event, EventKind, ReactOp, Role, Visibility, SCHEMA_VERSION};
+use chat_core::history::TargetMessage;
+use chat_core::projection::{self, Action, MessageState};
 use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -17,7 +20,7 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 
-use super::{ceil_millis, redact, Database, LookupError, RoomSummary, Start};
+use super::{ceil_millis, redact, AccessRow, Database, LookupError, Rebuilt, RoomSummary, Start};
 use crate::search::Query;
 
 /// A PostgreSQL archive, cheap to clone (a pool handle).
@@ -35,12 +38,28 @@ const WRITER_LOCK: i64 = 0x6368_6174_6172_6368;
 /// The SQLSTATE of "database does not exist".
 const NO_SUCH_DATABASE: &str = "3D000";
 
-/// The columns [`row_to_event`] reads. `user` is a reserved word in PostgreSQL.
+/// The columns [`row_to_event`] reads: an event as stored. `user` is a reserved word in
+/// PostgreSQL.
 macro_rules! event_columns {
     () => {
-        r#"id, type, room, "user", text, at, gateway"#
+        r#"id, type, room, "user", name, guest, text, at, gateway, target, reason, key, op"#
     };
 }
+
+/// Events as history shows them: a message acted on takes its current text, edit time and
+/// reactions from the projection (`message_state`). Conditions name `e.` columns.
+macro_rules! projected {
+    () => {
+        r#"SELECT e.id, e.type, e.room, e."user", e.name, e.guest,
+                  CASE WHEN s.id IS NULL THEN e.text ELSE s.text END AS text,
+                  e.at, e.gateway, e.target, e.reason, e.key, e.op,
+                  s.edited_at AS edited_at, s.reactions AS reactions
+           FROM events AS e LEFT JOIN message_state AS s ON s.id = e.id"#
+    };
+}
+
+/// How many messages one projection query reads at once.
+const REFRESH_CHUNK: usize = 500;
 
 impl PgStore {
     /// Opens and migrates the archive; with `create`, creates the database if missing, else
@@ -127,26 +146,186 @@ impl PgStore {
 }
 
 impl Database for PgStore {
-    /// The batch travels as one JSON array bound to one statement (one round trip, one
-    /// transaction): `jsonb_array_elements … WITH ORDINALITY` keeps its order for `seq`, the
-    /// writer lock is taken before the first row is numbered, and the rooms summary follows
-    /// by trigger (migration `archive`).
+    /// The chat events travel as one JSON array bound to one statement (one round trip,
+    /// one transaction): `jsonb_array_elements … WITH ORDINALITY` keeps its order for `seq`,
+    /// the writer lock is taken before the first row is numbered, and the rooms summary
+    /// follows by trigger (migration `archive`). Membership events (rare) follow one by one
+    /// in the same transaction, under the same lock, each folded into the access projection
+    /// by the shared rules.
     async fn insert(&self, events: &[Event]) -> Result<u64, sqlx::Error> {
-        let batch = serde_json::to_string(events).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let result = sqlx::query(
-            r#"INSERT INTO events (id, type, room, "user", text, at, gateway)
-               SELECT e.value->>'id', e.value->>'type', e.value->>'room', e.value->>'user',
-                      e.value->>'text', (e.value->>'at')::timestamptz, e.value->>'gateway'
-               FROM (SELECT pg_advisory_xact_lock($2)) AS writer,
-                    jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e (value, n)
-               ORDER BY e.n
-               ON CONFLICT (id) DO NOTHING"#,
+        let (membership, chat): (Vec<&Event>, Vec<&Event>) =
+            events.iter().partition(|e| e.kind.is_membership());
+        let projected = chat
+            .iter()
+            .any(|e| e.kind.is_action() || e.kind == EventKind::Message);
+        if membership.is_empty() && !projected {
+            return insert_chat(&self.pool, &chat).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let mut inserted = if chat.is_empty() {
+            0
+        } else {
+            insert_chat(&mut *tx, &chat).await?
+        };
+        for event in membership {
+            inserted += apply_membership(&mut tx, event).await?;
+        }
+        if projected {
+            let touched = touched_messages(&mut tx, &chat).await?;
+            refresh_messages(&mut tx, &touched).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn target(&self, room: &str, id: &str) -> Result<Option<TargetMessage>, sqlx::Error> {
+        let row = sqlx::query(
+            r#"SELECT "user", guest, text IS NULL AS deleted FROM events
+               WHERE id = $1 AND room = $2 AND type = 'message'"#,
         )
-        .bind(batch)
-        .bind(WRITER_LOCK)
-        .execute(&self.pool)
+        .bind(id)
+        .bind(room)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        row.map(|row| {
+            Ok(TargetMessage {
+                user: row.try_get("user")?,
+                guest: row.try_get("guest")?,
+                deleted: row.try_get("deleted")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Drops the projections and folds them again from the logs, in one transaction under
+    /// the writer lock: the access projection from the membership log in archive order,
+    /// the message projection from every message acted on. (The search index is a
+    /// generated column of `events`: it follows the stored text by itself.)
+    async fn rebuild(&self) -> Result<Rebuilt, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        for statement in [
+            "DELETE FROM message_state",
+            "DELETE FROM access_rooms",
+            "DELETE FROM access_members",
+            "DELETE FROM access_roles",
+            "UPDATE membership SET applied = false",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        let rows = sqlx::query(
+            r#"SELECT id, type, room, "user", name, guest, visibility, member, role, at, gateway
+               FROM membership ORDER BY seq"#,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let membership = rows
+            .iter()
+            .map(row_to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        for event in &membership {
+            fold_membership(&mut tx, event).await?;
+        }
+        let targets: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT target FROM events WHERE target IS NOT NULL ORDER BY target",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let messages = refresh_messages(&mut tx, &targets).await?;
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Rebuilt {
+            events: events as u64,
+            membership: membership.len() as u64,
+            messages,
+        })
+    }
+
+    async fn membership_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Event)>, sqlx::Error> {
+        let rows = sqlx::query(
+            r#"SELECT seq, id, type, room, "user", name, guest, visibility, member, role, at,
+                      gateway
+               FROM membership WHERE seq > $1 ORDER BY seq LIMIT $2"#,
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, row_to_event(row)?)))
+            .collect()
+    }
+
+    async fn room_access(
+        &self,
+        room: &str,
+        user: Option<&str>,
+    ) -> Result<Option<(Visibility, bool)>, sqlx::Error> {
+        let row = sqlx::query(
+            r#"SELECT visibility,
+                      EXISTS (SELECT 1 FROM access_members WHERE room = $1 AND "user" = $2)
+                        AS member
+               FROM access_rooms WHERE room = $1"#,
+        )
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                visibility(&row.try_get::<String, _>("visibility")?)?,
+                row.try_get("member")?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn hidden_rooms(&self, user: Option<&str>) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            r#"SELECT room FROM access_rooms WHERE visibility = 'private'
+               AND NOT EXISTS (SELECT 1 FROM access_members m
+                               WHERE m.room = access_rooms.room AND m."user" = $1)"#,
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn access_rows(&self) -> Result<Vec<AccessRow>, sqlx::Error> {
+        let rooms = sqlx::query("SELECT room, visibility, owner FROM access_rooms")
+            .fetch_all(&self.pool)
+            .await?;
+        let members = sqlx::query(r#"SELECT room, "user" FROM access_members"#)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = Vec::with_capacity(rooms.len() + members.len());
+        for row in rooms {
+            rows.push(AccessRow::Room {
+                room: row.try_get("room")?,
+                visibility: visibility(&row.try_get::<String, _>("visibility")?)?,
+                owner: row.try_get("owner")?,
+            });
+        }
+        for row in members {
+            rows.push(AccessRow::Member {
+                room: row.try_get("room")?,
+                user: row.try_get("user")?,
+            });
+        }
+        Ok(rows)
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>, sqlx::Error> {
@@ -182,9 +361,8 @@ impl Database for PgStore {
         let mut events = self
             .events(
                 sqlx::query(concat!(
-                    "SELECT ",
-                    event_columns!(),
-                    " FROM events WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                    projected!(),
+                    " WHERE e.room = $1 AND e.seq < $2 ORDER BY e.seq DESC LIMIT $3"
                 ))
                 .bind(room)
                 .bind(bound)
@@ -203,18 +381,16 @@ impl Database for PgStore {
     ) -> Result<Vec<Event>, LookupError> {
         let query = match start {
             Start::After(id) => sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                projected!(),
+                " WHERE e.room = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
             ))
             .bind(room)
             .bind(self.seq_of(room, id).await?),
             // timestamptz keeps microseconds; the bound is rounded like SQLite's so that a
             // sub-microsecond bound cannot be truncated onto an earlier event.
             Start::At(at) => sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE room = $1 AND at >= $2 ORDER BY seq LIMIT $3"
+                projected!(),
+                " WHERE e.room = $1 AND e.at >= $2 ORDER BY e.seq LIMIT $3"
             ))
             .bind(room)
             .bind(ceil_millis(*at)),
@@ -233,12 +409,11 @@ impl Database for PgStore {
     ) -> Result<Vec<Event>, sqlx::Error> {
         self.events(
             sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events
-                 WHERE words @@ websearch_to_tsquery('chat_search', $1)
-                   AND ($2::text IS NULL OR room = $2)
-                 ORDER BY seq DESC LIMIT $3"
+                projected!(),
+                " WHERE e.words @@ websearch_to_tsquery('chat_search', $1)
+                   AND e.type = 'message'
+                   AND ($2::text IS NULL OR e.room = $2)
+                 ORDER BY e.seq DESC LIMIT $3"
             ))
             .bind(query.to_websearch())
             .bind(room)
@@ -270,18 +445,371 @@ impl Database for PgStore {
     }
 }
 
+/// Stores chat events (not membership ones) with one statement, under the writer lock.
+async fn insert_chat<'c>(
+    executor: impl sqlx::Executor<'c, Database = Postgres>,
+    events: &[&Event],
+) -> Result<u64, sqlx::Error> {
+    let batch = serde_json::to_string(events).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let result = sqlx::query(
+        r#"INSERT INTO events (id, type, room, "user", name, guest, text, at, gateway, target,
+                               reason, key, op)
+           SELECT e.value->>'id', e.value->>'type', e.value->>'room', e.value->>'user',
+                  e.value->>'name', coalesce((e.value->>'guest')::boolean, false),
+                  e.value->>'text', (e.value->>'at')::timestamptz, e.value->>'gateway',
+                  e.value->>'target', e.value->>'reason', e.value->>'key', e.value->>'op'
+           FROM (SELECT pg_advisory_xact_lock($2)) AS writer,
+                jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e (value, n)
+           ORDER BY e.n
+           ON CONFLICT (id) DO NOTHING"#,
+    )
+    .bind(batch)
+    .bind(WRITER_LOCK)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Archives one membership event (once: a repeat changes nothing) and folds it into the
+/// projection with the shared rules; a refused event is kept with `applied = false`.
+async fn apply_membership(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    event: &Event,
+) -> Result<u64, sqlx::Error> {
+    let new = sqlx::query(
+        r#"INSERT INTO membership (id, room, type, "user", name, guest, visibility, member, role,
+                                   at, gateway, applied)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, false)
+           ON CONFLICT (id) DO NOTHING"#,
+    )
+    .bind(&event.id)
+    .bind(&event.room)
+    .bind(event.kind.as_str())
+    .bind(&event.user)
+    .bind(&event.name)
+    .bind(event.guest)
+    .bind(event.visibility.map(Visibility::as_str))
+    .bind(&event.member)
+    .bind(event.role.map(Role::as_str))
+    .bind(event.at)
+    .bind(&event.gateway)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if new == 0 {
+        return Ok(0);
+    }
+    fold_membership(tx, event).await?;
+    Ok(1)
+}
+
+/// Folds one archived membership event into the access projection with the shared rules,
+/// and marks it `applied` if they let it change anything.
+async fn fold_membership(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    let room: Option<(String, String)> =
+        sqlx::query_as("SELECT visibility, owner FROM access_rooms WHERE room = $1")
+            .bind(&event.room)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let info = match &room {
+        Some((v, owner)) => Some(RoomInfo {
+            visibility: visibility(v)?,
+            owner,
+        }),
+        None => None,
+    };
+    let change = match access::decide(info, event) {
+        Ok(change) => change,
+        Err(refusal) => {
+            super::refused(event, &refusal);
+            return Ok(());
+        }
+    };
+    match change {
+        Change::Created { visibility, owner } => {
+            sqlx::query("INSERT INTO access_rooms (room, visibility, owner) VALUES ($1, $2, $3)")
+                .bind(&event.room)
+                .bind(visibility.as_str())
+                .bind(&owner)
+                .execute(&mut **tx)
+                .await?;
+            if visibility == Visibility::Private {
+                add_member(tx, &event.room, &owner).await?;
+            }
+        }
+        Change::Added(member) => add_member(tx, &event.room, &member).await?,
+        Change::Removed(member) => {
+            sqlx::query(r#"DELETE FROM access_members WHERE room = $1 AND "user" = $2"#)
+                .bind(&event.room)
+                .bind(&member)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Change::Granted(member, role) => {
+            sqlx::query(
+                r#"INSERT INTO access_roles (room, "user", role) VALUES ($1, $2, $3)
+                   ON CONFLICT DO NOTHING"#,
+            )
+            .bind(&event.room)
+            .bind(&member)
+            .bind(role.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Change::Revoked(member, role) => {
+            sqlx::query(
+                r#"DELETE FROM access_roles WHERE room = $1 AND "user" = $2 AND role = $3"#,
+            )
+            .bind(&event.room)
+            .bind(&member)
+            .bind(role.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    sqlx::query("UPDATE membership SET applied = true WHERE id = $1")
+        .bind(&event.id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The messages whose projection a batch may change: the targets of its actions, and its
+/// messages that actions archived earlier wait for (delivered before their target).
+async fn touched_messages(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    chat: &[&Event],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut touched: Vec<String> = chat
+        .iter()
+        .filter_map(|e| e.target.clone().filter(|_| e.kind.is_action()))
+        .collect();
+    let messages: Vec<String> = chat
+        .iter()
+        .filter(|e| e.kind == EventKind::Message)
+        .map(|e| e.id.clone())
+        .collect();
+    if !messages.is_empty() {
+        let waiting: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT target FROM events WHERE target = ANY($1)")
+                .bind(&messages)
+                .fetch_all(&mut **tx)
+                .await?;
+        touched.extend(waiting);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    Ok(touched)
+}
+
+/// Folds each of these messages again from its stored message event and every action
+/// targeting it (`chat_core::projection::fold`), writes its `message_state`, and, when it
+/// is deleted, removes its text from the stored message and edit events (and so from the
+/// generated search column). Ids that are not messages are skipped. Returns how many
+/// messages it folded.
+async fn refresh_messages(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    ids: &[String],
+) -> Result<u64, sqlx::Error> {
+    let mut folded = 0;
+    for chunk in ids.chunks(REFRESH_CHUNK) {
+        let messages = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE type = 'message' AND id = ANY($1)"
+        ))
+        .bind(chunk)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(row_to_event)
+        .collect::<Result<Vec<_>, _>>()?;
+        if messages.is_empty() {
+            continue;
+        }
+        let actions = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE target = ANY($1) AND type IN ('edit', 'delete', 'react')"
+        ))
+        .bind(chunk)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(row_to_event)
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut by_target: std::collections::HashMap<&str, Vec<&Event>> = Default::default();
+        for action in &actions {
+            if let Some(target) = action.target.as_deref() {
+                by_target.entry(target).or_default().push(action);
+            }
+        }
+        for message in &messages {
+            let mut folded_actions = Vec::new();
+            for action in by_target.remove(message.id.as_str()).unwrap_or_default() {
+                let privileged = needs_privilege(message, action)
+                    && privileged(tx, &message.room, action).await?;
+                folded_actions.push(Action {
+                    event: action,
+                    privileged,
+                });
+            }
+            let state = projection::fold(message, &folded_actions);
+            write_state(tx, message, &state).await?;
+            folded += 1;
+        }
+    }
+    Ok(folded)
+}
+
+/// Whether the rules would ask if the action's author owns or moderates the room: only
+/// for a deletion by a verified user who is not the author.
+fn needs_privilege(message: &Event, action: &Event) -> bool {
+    action.kind == EventKind::Delete
+        && !action.guest
+        && !(message.user == action.user && message.guest == action.guest)
+}
+
+/// Whether the action's author owned the room, or moderated it when the action was made
+/// (the latest applied role event for them before it, by time then id).
+async fn privileged(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    room: &str,
+    action: &Event,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT owner FROM access_rooms WHERE room = $1) = $2, false)
+             OR coalesce((SELECT type = 'role_granted' FROM membership
+                          WHERE room = $1 AND member = $2 AND applied AND role = 'moderator'
+                            AND type IN ('role_granted', 'role_revoked')
+                            AND (at, id) < ($3, $4)
+                          ORDER BY at DESC, id DESC LIMIT 1), false)",
+    )
+    .bind(room)
+    .bind(&action.user)
+    .bind(action.at)
+    .bind(&action.id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Writes a message's folded state; a deletion also removes the text from the stored
+/// message and its edits.
+async fn write_state(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    message: &Event,
+    state: &MessageState,
+) -> Result<(), sqlx::Error> {
+    let reactions =
+        serde_json::to_string(&state.reactions).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query(
+        "INSERT INTO message_state (id, room, text, edits, edited_at, deleted, reactions)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (id) DO UPDATE SET text = excluded.text, edits = excluded.edits,
+             edited_at = excluded.edited_at, deleted = excluded.deleted,
+             reactions = excluded.reactions",
+    )
+    .bind(&message.id)
+    .bind(&message.room)
+    .bind(&state.text)
+    .bind(i32::try_from(state.edits).unwrap_or(i32::MAX))
+    .bind(state.edited_at)
+    .bind(state.deleted)
+    .bind(reactions)
+    .execute(&mut **tx)
+    .await?;
+    if state.deleted {
+        sqlx::query(
+            "UPDATE events SET text = NULL
+             WHERE (id = $1 OR (target = $1 AND type = 'edit')) AND room = $2
+               AND text IS NOT NULL",
+        )
+        .bind(&message.id)
+        .bind(&message.room)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn add_member(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    room: &str,
+    user: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"INSERT INTO access_members (room, "user") VALUES ($1, $2) ON CONFLICT DO NOTHING"#,
+    )
+    .bind(room)
+    .bind(user)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn visibility(raw: &str) -> Result<Visibility, sqlx::Error> {
+    Visibility::parse(raw)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown visibility {raw:?}").into()))
+}
+
+/// Reads an event from a row of `events` or of `membership` (whichever columns it has),
+/// with the projection's columns when the query joined them. A message or edit whose text
+/// was removed by a deletion reads as `deleted`.
 fn row_to_event(row: &PgRow) -> Result<Event, sqlx::Error> {
     let kind: String = row.try_get("type")?;
+    let kind = EventKind::parse(&kind)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?;
     let at: DateTime<Utc> = row.try_get("at")?;
+    let optional = |column: &str| -> Result<Option<String>, sqlx::Error> {
+        match row.try_get(column) {
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            other => other,
+        }
+    };
+    let edited_at: Option<DateTime<Utc>> = match row.try_get("edited_at") {
+        Err(sqlx::Error::ColumnNotFound(_)) => None,
+        other => other?,
+    };
+    let text = optional("text")?;
+    let deleted = matches!(kind, EventKind::Message | EventKind::Edit) && text.is_none();
     Ok(Event {
         v: SCHEMA_VERSION,
         id: row.try_get("id")?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?,
+        kind,
         room: row.try_get("room")?,
         user: row.try_get("user")?,
-        text: row.try_get("text")?,
+        name: row.try_get("name")?,
+        guest: row.try_get("guest")?,
+        text,
+        visibility: optional("visibility")?
+            .map(|v| visibility(&v))
+            .transpose()?,
+        member: optional("member")?,
+        target: optional("target")?,
+        reason: optional("reason")?,
+        key: optional("key")?,
+        op: optional("op")?
+            .map(|op| parsed(&op, ReactOp::parse))
+            .transpose()?,
+        role: optional("role")?
+            .map(|r| parsed(&r, Role::parse))
+            .transpose()?,
         at,
         gateway: row.try_get("gateway")?,
+        edited_at,
+        deleted,
+        reactions: match optional("reactions")? {
+            Some(json) if !deleted => {
+                serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+            }
+            _ => Vec::new(),
+        },
     })
+}
+
+fn parsed<T>(raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+    parse(raw).ok_or_else(|| sqlx::Error::Decode(format!("unknown value {raw:?}").into()))
 }

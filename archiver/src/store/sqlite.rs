@@ -8,7 +8,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::event::{format_time, Event, EventKind, SCHEMA_VERSION};
+use chat_core::access::{self, Change, RoomInfo};
+use chat_core::event::{format_time, Event, EventKind, ReactOp, Role, Visibility, SCHEMA_VERSION};
+use chat_core::history::TargetMessage;
+use chat_core::projection::{self, Action, MessageState};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use sqlx::sqlite::{
@@ -17,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::{ceil_millis, Database, LookupError, RoomSummary, Start};
+use super::{ceil_millis, AccessRow, Database, LookupError, Rebuilt, RoomSummary, Start};
 use crate::search::Query;
 
 /// A SQLite archive, cheap to clone (a pool handle).
@@ -26,13 +29,28 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-/// The columns [`row_to_event`] reads. A macro rather than a constant so that queries are
-/// `concat!`-ed into `&'static str`s, which a returned stream can borrow.
+/// The columns [`row_to_event`] reads: an event as stored. A macro rather than a constant so
+/// that queries are `concat!`-ed into `&'static str`s, which a returned stream can borrow.
 macro_rules! event_columns {
     () => {
-        "id, type, room, user, text, at, gateway"
+        "id, type, room, user, name, guest, text, at, gateway, target, reason, key, op"
     };
 }
+
+/// Events as history shows them: a message acted on takes its current text, edit time and
+/// reactions from the projection (`message_state`). Conditions name `e.` columns.
+macro_rules! projected {
+    () => {
+        "SELECT e.id, e.type, e.room, e.user, e.name, e.guest,
+                CASE WHEN s.id IS NULL THEN e.text ELSE s.text END AS text,
+                e.at, e.gateway, e.target, e.reason, e.key, e.op,
+                s.edited_at AS edited_at, s.reactions AS reactions
+         FROM events AS e LEFT JOIN message_state AS s ON s.id = e.id"
+    };
+}
+
+/// How many messages one projection query reads at once.
+const REFRESH_CHUNK: usize = 500;
 
 impl SqliteStore {
     /// Opens and migrates the archive; with `create`, creates it and its directory if
@@ -76,25 +94,178 @@ impl SqliteStore {
 
 impl Database for SqliteStore {
     /// Stores a batch atomically; events already archived are skipped. Returns how many rows
-    /// were new. The batch travels as one JSON array bound to one statement, so archiving
-    /// costs one round trip to SQLite's thread per batch rather than two per event; the
-    /// `rooms` summary follows by trigger (migration `rooms_trigger`). Rows keep the batch's
-    /// order, so `seq` stays the arrival order.
+    /// were new. The chat events travel as one JSON array bound to one statement, so
+    /// archiving costs one round trip to SQLite's thread per batch rather than two per event;
+    /// the `rooms` summary follows by trigger (migration `rooms_trigger`). Rows keep the
+    /// batch's order, so `seq` stays the arrival order. Membership events (rare) go to the
+    /// `membership` table one by one in the same transaction, each folded into the access
+    /// projection by the shared rules.
     async fn insert(&self, events: &[Event]) -> Result<u64, sqlx::Error> {
-        let batch = serde_json::to_string(events).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let result = sqlx::query(
-            "INSERT INTO events (id, type, room, user, text, at, gateway)
-             SELECT json_extract(value, '$.id'), json_extract(value, '$.type'),
-                    json_extract(value, '$.room'), json_extract(value, '$.user'),
-                    json_extract(value, '$.text'), json_extract(value, '$.at'),
-                    json_extract(value, '$.gateway')
-             FROM json_each(?) WHERE true ORDER BY key
-             ON CONFLICT (id) DO NOTHING",
+        let (membership, chat): (Vec<&Event>, Vec<&Event>) =
+            events.iter().partition(|e| e.kind.is_membership());
+        let projected = chat
+            .iter()
+            .any(|e| e.kind.is_action() || e.kind == EventKind::Message);
+        if membership.is_empty() && !projected {
+            return insert_chat(&self.pool, &chat).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = if chat.is_empty() {
+            0
+        } else {
+            insert_chat(&mut *tx, &chat).await?
+        };
+        for event in membership {
+            inserted += apply_membership(&mut tx, event).await?;
+        }
+        if projected {
+            let touched = touched_messages(&mut tx, &chat).await?;
+            refresh_messages(&mut tx, &touched).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn target(&self, room: &str, id: &str) -> Result<Option<TargetMessage>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT user, guest, text IS NULL AS deleted FROM events
+             WHERE id = ? AND room = ? AND type = 'message'",
         )
-        .bind(batch)
-        .execute(&self.pool)
+        .bind(id)
+        .bind(room)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        row.map(|row| {
+            Ok(TargetMessage {
+                user: row.try_get("user")?,
+                guest: row.try_get("guest")?,
+                deleted: row.try_get("deleted")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Drops the projections and folds them again from the logs, in one transaction: the
+    /// access projection from the membership log in archive order, the search index from
+    /// the messages' stored text, the message projection from every message acted on.
+    async fn rebuild(&self) -> Result<Rebuilt, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            "DELETE FROM message_state",
+            "DELETE FROM access_rooms",
+            "DELETE FROM access_members",
+            "DELETE FROM access_roles",
+            "UPDATE membership SET applied = 0",
+            "INSERT INTO events_fts (events_fts) VALUES ('delete-all')",
+            "INSERT INTO events_fts (rowid, text, room, user)
+             SELECT seq, text, room, user FROM events
+             WHERE type = 'message' AND text IS NOT NULL",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        let rows = sqlx::query(
+            "SELECT id, type, room, user, name, guest, visibility, member, role, at, gateway
+             FROM membership ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let membership = rows
+            .iter()
+            .map(row_to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        for event in &membership {
+            fold_membership(&mut tx, event).await?;
+        }
+        let targets: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT target FROM events WHERE target IS NOT NULL ORDER BY target",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let messages = refresh_messages(&mut tx, &targets).await?;
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Rebuilt {
+            events: events as u64,
+            membership: membership.len() as u64,
+            messages,
+        })
+    }
+
+    async fn membership_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Event)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT seq, id, type, room, user, name, guest, visibility, member, role, at, gateway
+             FROM membership WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, row_to_event(row)?)))
+            .collect()
+    }
+
+    async fn room_access(
+        &self,
+        room: &str,
+        user: Option<&str>,
+    ) -> Result<Option<(Visibility, bool)>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT visibility,
+                    EXISTS (SELECT 1 FROM access_members WHERE room = ?1 AND user = ?2) AS member
+             FROM access_rooms WHERE room = ?1",
+        )
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                visibility(&row.try_get::<String, _>("visibility")?)?,
+                row.try_get("member")?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn hidden_rooms(&self, user: Option<&str>) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT room FROM access_rooms WHERE visibility = 'private'
+             AND room NOT IN (SELECT room FROM access_members WHERE user = ?)",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn access_rows(&self) -> Result<Vec<AccessRow>, sqlx::Error> {
+        let rooms = sqlx::query("SELECT room, visibility, owner FROM access_rooms")
+            .fetch_all(&self.pool)
+            .await?;
+        let members = sqlx::query("SELECT room, user FROM access_members")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = Vec::with_capacity(rooms.len() + members.len());
+        for row in rooms {
+            rows.push(AccessRow::Room {
+                room: row.try_get("room")?,
+                visibility: visibility(&row.try_get::<String, _>("visibility")?)?,
+                owner: row.try_get("owner")?,
+            });
+        }
+        for row in members {
+            rows.push(AccessRow::Member {
+                room: row.try_get("room")?,
+                user: row.try_get("user")?,
+            });
+        }
+        Ok(rows)
     }
 
     /// Every room with its event count and last activity, most recently active first.
@@ -130,9 +301,8 @@ impl Database for SqliteStore {
             None => i64::MAX,
         };
         let rows = sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+            projected!(),
+            " WHERE e.room = ? AND e.seq < ? ORDER BY e.seq DESC LIMIT ?"
         ))
         .bind(room)
         .bind(bound)
@@ -156,17 +326,15 @@ impl Database for SqliteStore {
     ) -> Result<Vec<Event>, LookupError> {
         let query = match start {
             Start::After(id) => sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
+                projected!(),
+                " WHERE e.room = ? AND e.seq > ? ORDER BY e.seq LIMIT ?"
             ))
             .bind(room)
             .bind(self.seq_of(room, id).await?),
             // `at` is stored as `format_time` text, whose order is time order.
             Start::At(at) => sqlx::query(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE room = ? AND at >= ? ORDER BY seq LIMIT ?"
+                projected!(),
+                " WHERE e.room = ? AND e.at >= ? ORDER BY e.seq LIMIT ?"
             ))
             .bind(room)
             .bind(format_time(&ceil_millis(*at))),
@@ -185,8 +353,12 @@ impl Database for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Event>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT e.id, e.type, e.room, e.user, e.text, e.at, e.gateway
+            "SELECT e.id, e.type, e.room, e.user, e.name, e.guest,
+                    CASE WHEN s.id IS NULL THEN e.text ELSE s.text END AS text,
+                    e.at, e.gateway, e.target, e.reason, e.key, e.op,
+                    s.edited_at AS edited_at, s.reactions AS reactions
              FROM events_fts JOIN events AS e ON e.seq = events_fts.rowid
+             LEFT JOIN message_state AS s ON s.id = e.id
              WHERE events_fts MATCH ?1 AND (?2 IS NULL OR e.room = ?2)
              ORDER BY events_fts.rowid DESC LIMIT ?3",
         )
@@ -224,20 +396,374 @@ impl Database for SqliteStore {
     }
 }
 
+/// Stores chat events (not membership ones: messages, joins, leaves and the actions on
+/// messages) with one statement.
+async fn insert_chat<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    events: &[&Event],
+) -> Result<u64, sqlx::Error> {
+    let batch = serde_json::to_string(events).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let result = sqlx::query(
+        "INSERT INTO events (id, type, room, user, name, guest, text, at, gateway, target,
+                             reason, key, op)
+         SELECT json_extract(value, '$.id'), json_extract(value, '$.type'),
+                json_extract(value, '$.room'), json_extract(value, '$.user'),
+                json_extract(value, '$.name'), coalesce(json_extract(value, '$.guest'), 0),
+                json_extract(value, '$.text'), json_extract(value, '$.at'),
+                json_extract(value, '$.gateway'), json_extract(value, '$.target'),
+                json_extract(value, '$.reason'), json_extract(value, '$.key'),
+                json_extract(value, '$.op')
+         FROM json_each(?) WHERE true ORDER BY key
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(batch)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Archives one membership event (once: a repeat changes nothing) and folds it into the
+/// projection with the shared rules; a refused event is kept with `applied = 0`.
+async fn apply_membership(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    event: &Event,
+) -> Result<u64, sqlx::Error> {
+    let new = sqlx::query(
+        "INSERT INTO membership (id, room, type, user, name, guest, visibility, member, role,
+                                 at, gateway, applied)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&event.id)
+    .bind(&event.room)
+    .bind(event.kind.as_str())
+    .bind(&event.user)
+    .bind(&event.name)
+    .bind(event.guest)
+    .bind(event.visibility.map(Visibility::as_str))
+    .bind(&event.member)
+    .bind(event.role.map(Role::as_str))
+    .bind(format_time(&event.at))
+    .bind(&event.gateway)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if new == 0 {
+        return Ok(0);
+    }
+    fold_membership(tx, event).await?;
+    Ok(1)
+}
+
+/// Folds one archived membership event into the access projection with the shared rules,
+/// and marks it `applied` if they let it change anything.
+async fn fold_membership(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    let room: Option<(String, String)> =
+        sqlx::query_as("SELECT visibility, owner FROM access_rooms WHERE room = ?")
+            .bind(&event.room)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let info = match &room {
+        Some((v, owner)) => Some(RoomInfo {
+            visibility: visibility(v)?,
+            owner,
+        }),
+        None => None,
+    };
+    let change = match access::decide(info, event) {
+        Ok(change) => change,
+        Err(refusal) => {
+            super::refused(event, &refusal);
+            return Ok(());
+        }
+    };
+    match change {
+        Change::Created { visibility, owner } => {
+            sqlx::query("INSERT INTO access_rooms (room, visibility, owner) VALUES (?, ?, ?)")
+                .bind(&event.room)
+                .bind(visibility.as_str())
+                .bind(&owner)
+                .execute(&mut **tx)
+                .await?;
+            if visibility == Visibility::Private {
+                add_member(tx, &event.room, &owner).await?;
+            }
+        }
+        Change::Added(member) => add_member(tx, &event.room, &member).await?,
+        Change::Removed(member) => {
+            sqlx::query("DELETE FROM access_members WHERE room = ? AND user = ?")
+                .bind(&event.room)
+                .bind(&member)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Change::Granted(member, role) => {
+            sqlx::query(
+                "INSERT INTO access_roles (room, user, role) VALUES (?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&event.room)
+            .bind(&member)
+            .bind(role.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Change::Revoked(member, role) => {
+            sqlx::query("DELETE FROM access_roles WHERE room = ? AND user = ? AND role = ?")
+                .bind(&event.room)
+                .bind(&member)
+                .bind(role.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    sqlx::query("UPDATE membership SET applied = 1 WHERE id = ?")
+        .bind(&event.id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The messages whose projection a batch may change: the targets of its actions, and its
+/// messages that actions archived earlier wait for (delivered before their target).
+async fn touched_messages(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    chat: &[&Event],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut touched: Vec<String> = chat
+        .iter()
+        .filter_map(|e| e.target.clone().filter(|_| e.kind.is_action()))
+        .collect();
+    let messages: Vec<&str> = chat
+        .iter()
+        .filter(|e| e.kind == EventKind::Message)
+        .map(|e| e.id.as_str())
+        .collect();
+    if !messages.is_empty() {
+        let list = serde_json::to_string(&messages).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT target FROM events
+             WHERE target IN (SELECT value FROM json_each(?))",
+        )
+        .bind(list)
+        .fetch_all(&mut **tx)
+        .await?;
+        touched.extend(waiting);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    Ok(touched)
+}
+
+/// Folds each of these messages again from its stored message event and every action
+/// targeting it (`chat_core::projection::fold`), writes its `message_state`, and, when it
+/// is deleted, removes its text from the stored message and edit events (and so from the
+/// search index). Ids that are not messages are skipped. Returns how many messages it
+/// folded.
+async fn refresh_messages(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ids: &[String],
+) -> Result<u64, sqlx::Error> {
+    let mut folded = 0;
+    for chunk in ids.chunks(REFRESH_CHUNK) {
+        let list = serde_json::to_string(chunk).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let messages = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE type = 'message' AND id IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(&list)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(row_to_event)
+        .collect::<Result<Vec<_>, _>>()?;
+        if messages.is_empty() {
+            continue;
+        }
+        let actions = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE target IN (SELECT value FROM json_each(?))
+              AND type IN ('edit', 'delete', 'react')"
+        ))
+        .bind(&list)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(row_to_event)
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut by_target: std::collections::HashMap<&str, Vec<&Event>> = Default::default();
+        for action in &actions {
+            if let Some(target) = action.target.as_deref() {
+                by_target.entry(target).or_default().push(action);
+            }
+        }
+        for message in &messages {
+            let mut folded_actions = Vec::new();
+            for action in by_target.remove(message.id.as_str()).unwrap_or_default() {
+                let privileged = needs_privilege(message, action)
+                    && privileged(tx, &message.room, action).await?;
+                folded_actions.push(Action {
+                    event: action,
+                    privileged,
+                });
+            }
+            let state = projection::fold(message, &folded_actions);
+            write_state(tx, message, &state).await?;
+            folded += 1;
+        }
+    }
+    Ok(folded)
+}
+
+/// Whether the rules would ask if the action's author owns or moderates the room: only
+/// for a deletion by a verified user who is not the author.
+fn needs_privilege(message: &Event, action: &Event) -> bool {
+    action.kind == EventKind::Delete
+        && !action.guest
+        && !(message.user == action.user && message.guest == action.guest)
+}
+
+/// Whether the action's author owned the room, or moderated it when the action was made
+/// (the latest applied role event for them before it, by time then id).
+async fn privileged(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    room: &str,
+    action: &Event,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT owner FROM access_rooms WHERE room = ?1) = ?2, 0)
+             OR coalesce((SELECT type = 'role_granted' FROM membership
+                          WHERE room = ?1 AND member = ?2 AND applied = 1 AND role = 'moderator'
+                            AND type IN ('role_granted', 'role_revoked')
+                            AND (at < ?3 OR (at = ?3 AND id < ?4))
+                          ORDER BY at DESC, id DESC LIMIT 1), 0)",
+    )
+    .bind(room)
+    .bind(&action.user)
+    .bind(format_time(&action.at))
+    .bind(&action.id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Writes a message's folded state; a deletion also removes the text from the stored
+/// message and its edits (the FTS trigger takes it out of the index).
+async fn write_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    message: &Event,
+    state: &MessageState,
+) -> Result<(), sqlx::Error> {
+    let reactions =
+        serde_json::to_string(&state.reactions).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query(
+        "INSERT INTO message_state (id, room, text, edits, edited_at, deleted, reactions)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET text = excluded.text, edits = excluded.edits,
+             edited_at = excluded.edited_at, deleted = excluded.deleted,
+             reactions = excluded.reactions",
+    )
+    .bind(&message.id)
+    .bind(&message.room)
+    .bind(&state.text)
+    .bind(i64::from(state.edits))
+    .bind(state.edited_at.as_ref().map(format_time))
+    .bind(state.deleted)
+    .bind(reactions)
+    .execute(&mut **tx)
+    .await?;
+    if state.deleted {
+        sqlx::query(
+            "UPDATE events SET text = NULL
+             WHERE (id = ?1 OR (target = ?1 AND type = 'edit')) AND room = ?2
+               AND text IS NOT NULL",
+        )
+        .bind(&message.id)
+        .bind(&message.room)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn add_member(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    room: &str,
+    user: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO access_members (room, user) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        .bind(room)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn visibility(raw: &str) -> Result<Visibility, sqlx::Error> {
+    Visibility::parse(raw)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown visibility {raw:?}").into()))
+}
+
+/// Reads an event from a row of `events` or of `membership` (whichever columns it has),
+/// with the projection's columns when the query joined them. A message or edit whose text
+/// was removed by a deletion reads as `deleted`.
 fn row_to_event(row: &SqliteRow) -> Result<Event, sqlx::Error> {
     let kind: String = row.try_get("type")?;
+    let kind = EventKind::parse(&kind)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?;
     let at: String = row.try_get("at")?;
+    let optional = |column: &str| -> Result<Option<String>, sqlx::Error> {
+        match row.try_get(column) {
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            other => other,
+        }
+    };
+    let text = optional("text")?;
+    let deleted = matches!(kind, EventKind::Message | EventKind::Edit) && text.is_none();
     Ok(Event {
         v: SCHEMA_VERSION,
         id: row.try_get("id")?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?,
+        kind,
         room: row.try_get("room")?,
         user: row.try_get("user")?,
-        text: row.try_get("text")?,
-        at: chrono::DateTime::parse_from_rfc3339(&at)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
-            .with_timezone(&chrono::Utc),
+        name: row.try_get("name")?,
+        guest: row.try_get("guest")?,
+        text,
+        visibility: optional("visibility")?
+            .map(|v| visibility(&v))
+            .transpose()?,
+        member: optional("member")?,
+        target: optional("target")?,
+        reason: optional("reason")?,
+        key: optional("key")?,
+        op: optional("op")?
+            .map(|op| parsed(&op, ReactOp::parse))
+            .transpose()?,
+        role: optional("role")?
+            .map(|r| parsed(&r, Role::parse))
+            .transpose()?,
+        at: time(&at)?,
         gateway: row.try_get("gateway")?,
+        edited_at: optional("edited_at")?.map(|t| time(&t)).transpose()?,
+        deleted,
+        reactions: match optional("reactions")? {
+            Some(json) if !deleted => {
+                serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+            }
+            _ => Vec::new(),
+        },
     })
+}
+
+fn time(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    Ok(chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+        .with_timezone(&chrono::Utc))
+}
+
+fn parsed<T>(raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+    parse(raw).ok_or_else(|| sqlx::Error::Decode(format!("unknown value {raw:?}").into()))
 }

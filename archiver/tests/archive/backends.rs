@@ -100,7 +100,9 @@ fn the_sqlite_migrations_are_the_ones_existing_archives_recorded() {
         [
             "20261128000001_events.sql",
             "20261201000001_events_fts.sql",
-            "20261205000001_rooms_trigger.sql"
+            "20261205000001_rooms_trigger.sql",
+            "20261229000001_identities.sql",
+            "20261230000001_message_projection.sql"
         ]
     );
 }

@@ -12,7 +12,7 @@ on_both_backends! {
 
         assert_eq!(
             archive.stdout(&["history", "lobby", "--limit", "20"]),
-            "2026-11-28T15:03:15.123Z #lobby <alice> two\\nlines\n"
+            "2026-11-28T15:03:15.123Z #lobby <~alice> two\\nlines\n"
         );
         let output = archive.command(&["history", "no room"]);
         assert!(!output.status.success());
@@ -154,8 +154,8 @@ on_both_backends! {
 
         assert_eq!(
             archive.stdout(&["search", "tea"]),
-            "2026-11-28T15:01:00.000Z #kitchen <alice> more tea\n\
-             2026-11-28T15:00:00.000Z #lobby <alice> tea at five\n"
+            "2026-11-28T15:01:00.000Z #kitchen <~alice> more tea\n\
+             2026-11-28T15:00:00.000Z #lobby <~alice> tea at five\n"
         );
         assert_eq!(
             archive.stdout(&["search", "TEA", "five", "--room", "lobby", "--json"]),

@@ -154,11 +154,16 @@ pub struct Running {
 /// Starts an archiver on `prefix` with the archive `database_url` and waits until it is
 /// healthy.
 pub async fn start(prefix: &str, database_url: &str) -> Running {
+    start_with(prefix, database_url, &[]).await
+}
+
+/// [`start`] with more command-line settings (e.g. `--auth-mode token`).
+pub async fn start_with(prefix: &str, database_url: &str, extra: &[&str]) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let database_url = database_url.to_owned();
     let url = amqp_url();
-    let cli = archiver::cli::Cli::try_parse_from([
+    let mut args = vec![
         "archiver",
         "--prefix",
         prefix,
@@ -166,8 +171,9 @@ pub async fn start(prefix: &str, database_url: &str) -> Running {
         &url,
         "--database-url",
         &database_url,
-    ])
-    .unwrap();
+    ];
+    args.extend_from_slice(extra);
+    let cli = archiver::cli::Cli::try_parse_from(args).unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(archiver::run(listener, cli.config, shutdown.clone()));
     eventually(WAIT, "a healthy archiver", || async move {

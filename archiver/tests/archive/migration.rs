@@ -1,4 +1,5 @@
-//! Upgrading a SQLite archive made before full-text search: its messages become searchable.
+//! Upgrading a SQLite archive made before full-text search: its messages become searchable;
+//! and made before identities: its events read back as guests' events.
 //! (The PostgreSQL schema was born with search; it has no such history.)
 
 use archiver::search::Query;
@@ -48,6 +49,12 @@ async fn messages_archived_before_the_search_migration_are_found_after_it() {
     assert!(
         found(&store, "lobby").await.is_empty(),
         "rooms are not searched as text"
+    );
+    let old = store.page("lobby", 10, None).await.unwrap();
+    assert_eq!(old.len(), 3);
+    assert!(
+        old.iter().all(|e| e.guest && e.name.is_none()),
+        "nobody vouched for a name archived before identities"
     );
     store.close().await;
 }

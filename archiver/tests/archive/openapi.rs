@@ -30,21 +30,25 @@ on_both_backends! {
             );
         }
 
-        // The Event schema names exactly the fields of a served message; those of a join (all
-        // but `text`) are required.
+        // The Event schema names exactly the fields of a served guest's message, a verified
+        // user's `name`, the fields of edits, deletions and reactions, and the projection's;
+        // those of a verified user's join (all but `text`, `guest` and `name`) are required.
         let schema = &doc["components"]["schemas"]["Event"];
         let (_, page) = archiver.get("/api/rooms/lobby/events").await;
-        assert_eq!(
-            sorted_keys(&schema["properties"]),
-            sorted_keys(&page["events"][0])
-        );
-        let join = serde_json::to_value(Event::new(EventKind::Join, "lobby", "bob", None, "gw"));
+        let mut served = sorted_keys(&page["events"][0]);
+        for field in ["name", "target", "reason", "key", "op", "edited_at", "deleted", "reactions"] {
+            served.push(field.to_owned());
+        }
+        served.sort_unstable();
+        assert_eq!(sorted_keys(&schema["properties"]), served);
+        let mut join = Event::new(EventKind::Join, "lobby", "bob", None, "gw").verified("Bob");
+        join.name = None;
         let mut required: Vec<String> = serde_json::from_value(schema["required"].clone()).unwrap();
         required.sort_unstable();
-        assert_eq!(required, sorted_keys(&join.unwrap()));
+        assert_eq!(required, sorted_keys(&serde_json::to_value(join).unwrap()));
         assert_eq!(
             schema["properties"]["type"]["enum"],
-            Value::from(vec!["message", "join", "leave"])
+            Value::from(vec!["message", "join", "leave", "edit", "delete", "react"])
         );
 
         archived.stop().await;

@@ -22,7 +22,7 @@ async fn two_archivers_on_one_postgres_database_store_every_event_once_and_answe
     let db = TestDatabase::unused(Backend::Postgres, "shared");
     let (first, second) = tokio::join!(start(&prefix, &db.url), start(&prefix, &db.url));
     let queue = broker.topology.subscriber_queue("archiver");
-    assert_eq!(consumers(&broker, &queue).await, 2, "both consume {queue}");
+    assert_eq!(broker.consumers(&queue).await, 2, "both consume {queue}");
 
     let events: Vec<Event> = (0..300)
         .map(|n| message(ROOMS[n % ROOMS.len()], &format!("m{n}")))
@@ -92,18 +92,4 @@ async fn answers(archiver: &Running) -> Vec<Value> {
     }
     answers.push(archiver.get("/api/search?q=m7&limit=200").await.1);
     answers
-}
-
-/// How many consumers `queue` has.
-async fn consumers(broker: &Broker, queue: &str) -> u32 {
-    let channel = broker.connection.create_channel().await.unwrap();
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.into(), passive, Default::default())
-        .await
-        .unwrap()
-        .consumer_count()
 }
