@@ -119,7 +119,7 @@ pub async fn run(args: &ArchiveArgs, watched: &Watched) -> anyhow::Result<Ingest
     let topology = Topology::new(prefix)?;
     let exchange = topology.events_exchange();
     let room = format!("ingest-{}", random_prefix().trim_start_matches("bench-"));
-    let connection = broker::connect(&args.amqp_url, "chat-bench-archive").await?;
+    let connection = broker::connect(&args.amqp.amqp_url, "chat-bench-archive").await?;
     let channel = connection.create_channel().await?;
     // Passive: the system under test declared its exchange; fail clearly if it did not.
     channel

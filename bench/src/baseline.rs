@@ -1,6 +1,7 @@
 //! The broker alone: the same rate through a fanout exchange with lapin and nothing else
-//! (persistent messages, publisher confirms, the same queues bound: two durable queues like
-//! the logger's and the archiver's, and one exclusive queue per gateway on its own
+//! (persistent messages, publisher confirms, the same queues bound, declared by chat-core's
+//! topology exactly as the services declare them: the logger's and the archiver's quorum
+//! queues, the event log stream, and one exclusive queue per gateway on its own
 //! connection), consumed and acked. This is the ceiling the machine's RabbitMQ sets for
 //! the chat system. Everything is declared under a fresh `bench-<random>` prefix and
 //! deleted at the end.
@@ -11,14 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_core::broker;
+use chat_core::log_stream::LogRetention;
 use chat_core::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -91,21 +92,15 @@ impl Baseline {
     ) -> anyhow::Result<Self> {
         let prefix = random_prefix();
         let topology = Topology::new(&prefix)?;
-        let exchange = topology.events_exchange();
         let admin = broker::connect(url, "chat-bench-baseline")
             .await
             .context("cannot connect to the broker")?;
         let channel = admin.create_channel().await?;
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        // What the services declare, from the same code: the exchanges and `<prefix>.dead`
+        // (every service), the event log stream (the archiver, before its queue).
+        topology.declare_base(&channel).await?;
+        topology
+            .declare_log_stream(&channel, &LogRetention::default())
             .await?;
         let (current, _) = watch::channel(Arc::new(Counts::new(0)));
         let mut baseline = Self {
@@ -120,15 +115,7 @@ impl Baseline {
             windows: 0,
         };
         for name in ["logger", "archiver"] {
-            let queue = topology.subscriber_queue(name);
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions::durable(),
-                    FieldTable::default(),
-                )
-                .await?;
-            bind(&channel, &queue, &exchange).await?;
+            let queue = topology.declare_subscriber_queue(&channel, name).await?;
             baseline.durable_queues.push(queue.clone());
             let consumer = baseline.admin.create_channel().await?;
             baseline.consume(consumer, queue, 512, false).await?;
@@ -136,17 +123,8 @@ impl Baseline {
         for g in 0..gateways {
             let connection = broker::connect(url, &format!("chat-bench-gateway-{g}")).await?;
             let consumer = connection.create_channel().await?;
-            let options = QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            };
-            let queue = consumer
-                .queue_declare("".into(), options, FieldTable::default())
-                .await?
-                .name()
-                .to_string();
-            bind(&consumer, &queue, &exchange).await?;
+            // Every event to every gateway queue, the ceiling without routing by room.
+            let queue = topology.declare_gateway_queue(&consumer, false).await?;
             baseline.consume(consumer, queue, 1024, true).await?;
             baseline.gateway_connections.push(connection);
         }
@@ -283,6 +261,7 @@ impl Baseline {
                 send_lag: counts.lag.snapshot(),
                 elapsed,
                 cpu,
+                own_traffic: Vec::new(),
             },
             durable_expected: sent * durable_queues,
             durable_received: counts.durable.load(Ordering::Relaxed),
@@ -335,18 +314,6 @@ impl Baseline {
     }
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str) -> lapin::Result<()> {
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-}
-
 /// Deletes the exchanges and queues the chat topology declares under `prefix` (those that
 /// exist; the others are skipped).
 pub async fn delete_prefix(connection: &Connection, prefix: &str) -> anyhow::Result<Vec<String>> {
@@ -357,6 +324,7 @@ pub async fn delete_prefix(connection: &Connection, prefix: &str) -> anyhow::Res
         topology.subscriber_queue("archiver"),
         topology.dead_queue(),
         topology.history_queue(),
+        topology.log_stream(),
     ] {
         // A failed operation closes the channel, so each gets its own.
         let channel = connection.create_channel().await?;
@@ -368,7 +336,12 @@ pub async fn delete_prefix(connection: &Connection, prefix: &str) -> anyhow::Res
             deleted.push(queue);
         }
     }
-    for exchange in [topology.events_exchange(), topology.dead_letter_exchange()] {
+    for exchange in [
+        topology.rooms_exchange(),
+        topology.events_exchange(),
+        topology.dead_letter_exchange(),
+        topology.presence_exchange(),
+    ] {
         let channel = connection.create_channel().await?;
         if channel
             .exchange_delete(exchange.as_str().into(), Default::default())

@@ -1,11 +1,34 @@
 //! The chat system's client protocol (docs/protocol.md), as far as the benchmark speaks it:
-//! `join` a room and wait for `joined`, `say` in it, and tell the server's frames apart
-//! cheaply (a receiver sees tens of thousands per second, so only errors are parsed fully).
+//! in token mode `auth` first and wait for `authenticated`, `join` a room and wait for
+//! `joined`, `say` in it, and tell the server's frames apart cheaply (a receiver sees tens
+//! of thousands per second, so only errors are parsed fully).
 
 use serde_json::json;
 
 /// The path of the chat websocket.
 pub const PATH: &str = "/ws";
+
+/// How long a benchmark token is valid: longer than any run.
+const TOKEN_TTL_S: i64 = 6 * 3600;
+
+/// A token for `sub` that a gateway in `AUTH_MODE=token` with `AUTH_SECRET=secret` accepts
+/// (HS256, as `gateway token` mints them; the display name is the subject).
+pub fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let claims = json!({"sub": sub, "name": sub, "iat": now, "exp": now + TOKEN_TTL_S});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// `auth`: the first frame in token mode.
+pub fn auth(token: &str) -> String {
+    json!({"type": "auth", "token": token}).to_string()
+}
 
 /// `join` without `since`: the gateway answers `joined` with the room's latest history.
 pub fn join(room: &str, name: &str) -> String {
@@ -21,6 +44,8 @@ pub fn say(room: &str, text: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Hello,
+    /// The answer to a valid `auth`.
+    Authenticated,
     Joined,
     /// Something happened in a joined room: look for a benchmark marker in the frame.
     Event,
@@ -55,6 +80,7 @@ pub fn classify(frame: &str) -> Frame {
     };
     match kind.as_str() {
         "hello" => Frame::Hello,
+        "authenticated" => Frame::Authenticated,
         "joined" => Frame::Joined,
         "event" => Frame::Event,
         "ack" => Frame::Ack,
@@ -83,6 +109,10 @@ mod tests {
         );
         assert_eq!(classify(r#"{"type":"ack","id":"x"}"#), Frame::Ack);
         assert_eq!(
+            classify(r#"{"type":"authenticated","user":"r1","name":"r1"}"#),
+            Frame::Authenticated
+        );
+        assert_eq!(
             classify(r#"{"type":"error","code":"rate_limited","message":"slow down"}"#),
             Frame::Error {
                 code: "rate_limited".into()
@@ -104,5 +134,26 @@ mod tests {
         assert_eq!(v["text"], "a\"b");
         let v: serde_json::Value = serde_json::from_str(&join("r1", "alice")).unwrap();
         assert_eq!(v["name"], "alice");
+        let v: serde_json::Value = serde_json::from_str(&auth("a.b.c")).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["token"].as_str()),
+            (Some("auth"), Some("a.b.c"))
+        );
+    }
+
+    #[test]
+    fn a_token_is_a_signed_jwt_naming_its_subject() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let token = token(secret, "r7").unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "r7");
+        assert_eq!(data.claims["name"], "r7");
     }
 }

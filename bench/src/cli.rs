@@ -32,15 +32,22 @@ pub enum Command {
     Baseline(BaselineArgs),
     /// Archiver ingest: events/s committed to SQLite and the archive's lag at a rate.
     Archive(ArchiveArgs),
+    /// A token-mode gateway's start until its access projection is rebuilt from the
+    /// archive's membership log (published first: --events).
+    Access(AccessArgs),
+    /// Serves the floor: the least work that delivers the fanout scenario's frames (a
+    /// minimal websocket server, no broker), to measure the gateway against. Runs until
+    /// stopped; point `load` at it with `--dialect chat`.
+    Floor(FloorArgs),
     /// Deletes the exchanges and queues the chat services declared under a prefix.
     Cleanup(CleanupArgs),
     /// Prints the Markdown tables of a directory of JSON results (see scripts/bench.sh).
     Report(ReportArgs),
 }
 
-/// Who connects where and what they send.
+/// The system under test: its protocol and its gateways.
 #[derive(Debug, Clone, Args)]
-pub struct ScenarioArgs {
+pub struct TargetArgs {
     /// Protocol of the system under test.
     #[arg(long, value_enum, default_value = "chat")]
     pub dialect: Dialect,
@@ -48,6 +55,26 @@ pub struct ScenarioArgs {
     /// path, the dialect's path is added (/ws, or /socket.io/?EIO=4&transport=websocket).
     #[arg(long = "url", required = true)]
     pub urls: Vec<String>,
+    /// Chat dialect, gateways in AUTH_MODE=token: the AUTH_SECRET they verify with. Each
+    /// client then signs in with a token of its own (HS256, its name as `sub`) before it
+    /// joins. Not read from the environment, so an exported AUTH_SECRET never turns a run
+    /// against open-mode gateways into a token run.
+    #[arg(long)]
+    pub auth_secret: Option<String>,
+}
+
+/// The broker, for the subcommands that talk to it directly.
+#[derive(Debug, Clone, Args)]
+pub struct AmqpArgs {
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+}
+
+/// Who connects where and what they send.
+#[derive(Debug, Clone, Args)]
+pub struct ScenarioArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Clients that only listen.
     #[arg(long, default_value_t = 10)]
     pub receivers: usize,
@@ -79,6 +106,15 @@ pub struct ScenarioArgs {
     /// Prefix of room names; random by default, so history of earlier runs stays out.
     #[arg(long)]
     pub room_prefix: Option<String>,
+    /// How clients are spread over the gateways: in turn, or each room on one gateway.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub spread: crate::load::Spread,
+    /// Also read each gateway's `chat_events_consumed_total` (its `/metrics`, same port as
+    /// the websocket) before and after the window, and report it against the messages sent
+    /// in the rooms that gateway serves. Give `--pids` as gw0=…,gw1=… in URL order to get
+    /// each gateway's CPU beside it.
+    #[arg(long)]
+    pub consumed: bool,
 }
 
 /// The processes whose CPU and memory are reported.
@@ -151,11 +187,8 @@ pub struct CapacityArgs {
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    #[arg(long, value_enum, default_value = "chat")]
-    pub dialect: Dialect,
-    /// Websocket URL of a gateway; repeat for several.
-    #[arg(long = "url", required = true)]
-    pub urls: Vec<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Idle clients to connect (chat: each joins a room; Socket.IO: `40`).
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
@@ -179,8 +212,8 @@ pub struct IdleArgs {
 
 #[derive(Debug, Args)]
 pub struct BaselineArgs {
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
     /// Total publish rate, messages per second (the start rate with --capacity).
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
@@ -213,8 +246,8 @@ pub struct ArchiveArgs {
     /// The archiver's HTTP API.
     #[arg(long, default_value = "http://127.0.0.1:3100")]
     pub archiver: String,
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
     /// CHAT_PREFIX of the running system: events go to `<prefix>.events`.
     #[arg(long, env = "CHAT_PREFIX", default_value = "chat")]
     pub prefix: String,
@@ -235,9 +268,60 @@ pub struct ArchiveArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AccessArgs {
+    /// The archiver's HTTP address: its /metrics tells when every event is stored (start
+    /// a fresh archiver: the count is since its start).
+    #[arg(long, default_value = "http://127.0.0.1:3100")]
+    pub archiver: String,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// CHAT_PREFIX of the running system (an archiver, no gateway).
+    #[arg(long, env = "CHAT_PREFIX", default_value = "chat")]
+    pub prefix: String,
+    /// Membership events to publish first; 0 when the archive has them already (then the
+    /// archiver's count is not waited for).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Members per private room: its `room_created` and `room_size - 1` `member_added`.
+    #[arg(long, default_value_t = 100)]
+    pub room_size: u64,
+    /// The gateway binary, started in AUTH_MODE=token against the system for each run.
+    #[arg(long)]
+    pub gateway: PathBuf,
+    /// The AUTH_SECRET the gateway is started with (at least 32 bytes).
+    #[arg(long, default_value = "chat-bench-access-secret-0123456789abcdef")]
+    pub auth_secret: String,
+    /// Where the gateway listens (loopback): its /metrics shows the replay.
+    #[arg(long, default_value = "127.0.0.1:4390")]
+    pub listen: std::net::SocketAddr,
+    /// Gateway starts to time.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The archiver's pid, to report its CPU during each rebuild.
+    #[arg(long)]
+    pub archiver_pid: Option<u32>,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FloorArgs {
+    /// Address to listen on (loopback only); repeat for several, like several gateways.
+    #[arg(long = "listen", required = true)]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// One write per delivery, or one write per burst of queued frames.
+    #[arg(long, value_enum, default_value = "delivery")]
+    pub mode: crate::floor::Mode,
+    /// With `--mode burst`: how long a connection's writer waits after the first frame of
+    /// a burst before writing everything queued (0: write as soon as woken).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub write_delay: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct CleanupArgs {
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
     /// The prefix whose exchanges and queues are deleted (never `chat`, the default one).
     #[arg(long)]
     pub prefix: String,
@@ -308,7 +392,7 @@ mod tests {
         let Command::Load(args) = cli.command else {
             panic!("not load")
         };
-        assert_eq!(args.scenario.urls.len(), 2);
+        assert_eq!(args.scenario.target.urls.len(), 2);
         assert_eq!(args.cost.pids.len(), 2);
         assert_eq!(args.scenario.duration, Duration::from_secs(10));
     }

@@ -103,15 +103,17 @@ pub struct Client {
 
 impl Client {
     /// Connects to `url` and completes the handshake within `timeout`. `room` and `name`
-    /// are what a chat client joins as; Socket.IO ignores them.
+    /// are what a chat client joins as, after signing in with `token` if given (a gateway
+    /// in token mode); Socket.IO ignores them.
     pub async fn connect(
         dialect: Dialect,
         url: &str,
         room: &str,
         name: &str,
+        token: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        tokio::time::timeout(timeout, Self::connect_now(dialect, url, room, name))
+        tokio::time::timeout(timeout, Self::connect_now(dialect, url, room, name, token))
             .await
             .map_err(|_| anyhow::anyhow!("handshake timed out"))?
     }
@@ -121,6 +123,7 @@ impl Client {
         url: &str,
         room: &str,
         name: &str,
+        token: Option<&str>,
     ) -> anyhow::Result<Self> {
         // Small buffers: the default 128 KiB read buffer per socket would make 10 000 idle
         // clients cost this tool over a gigabyte.
@@ -138,7 +141,7 @@ impl Client {
             room: room.to_owned(),
         };
         match dialect {
-            Dialect::Chat => client.chat_handshake(name).await?,
+            Dialect::Chat => client.chat_handshake(name, token).await?,
             Dialect::Socketio => client.socketio_handshake().await?,
         }
         Ok(client)
@@ -156,10 +159,21 @@ impl Client {
         }
     }
 
-    async fn chat_handshake(&mut self, name: &str) -> anyhow::Result<()> {
+    async fn chat_handshake(&mut self, name: &str, token: Option<&str>) -> anyhow::Result<()> {
         let hello = self.next_text().await?;
         if chat_client::classify(&hello) != Frame::Hello {
             bail!("expected hello, got {hello:.80}");
+        }
+        if let Some(token) = token {
+            self.send(chat_client::auth(token)).await?;
+            loop {
+                let frame = self.next_text().await?;
+                match chat_client::classify(&frame) {
+                    Frame::Authenticated => break,
+                    Frame::Error { code } => bail!("auth refused: {code}"),
+                    _ => {}
+                }
+            }
         }
         let join = chat_client::join(&self.room, name);
         self.send(join).await?;
@@ -167,7 +181,9 @@ impl Client {
             let frame = self.next_text().await?;
             match chat_client::classify(&frame) {
                 Frame::Joined => return Ok(()),
-                Frame::Error { code } if code == "unavailable" => bail!("join refused: {code}"),
+                // `unavailable`, or `history_unavailable` before a `joined` without its
+                // history: either way the join did not get what it promises.
+                Frame::Error { code } => bail!("join refused: {code}"),
                 _ => {}
             }
         }

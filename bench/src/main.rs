@@ -2,6 +2,7 @@
 //! running on this machine and reports what they delivered and what it cost. See
 //! BENCHMARKS.md and scripts/bench.sh for the standard scenarios.
 
+mod access;
 mod amqp;
 mod archive;
 mod baseline;
@@ -9,11 +10,13 @@ mod capacity;
 mod chat_client;
 mod cli;
 mod client;
+mod floor;
 mod load;
 mod marker;
 mod output;
 mod procfs;
 mod report;
+mod routing;
 mod run;
 mod socketio;
 mod stats;
@@ -47,6 +50,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Archive(args) => {
             let out = args.out.clone();
             (run::archive(args).await?, out)
+        }
+        Command::Access(args) => {
+            let out = args.out.clone();
+            (run::access(args).await?, out)
+        }
+        Command::Floor(args) => {
+            if let Some(far) = args.listen.iter().find(|a| !a.ip().is_loopback()) {
+                anyhow::bail!("{far}: the floor only listens on this machine (loopback)");
+            }
+            floor::serve(&args.listen, args.mode, args.write_delay).await?;
+            return Ok(());
         }
         Command::Cleanup(args) => {
             println!("{}", run::cleanup(args).await?.line());

@@ -268,8 +268,78 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
         }
         md.push('\n');
     }
+    floor_table(&results, &mut md);
     broker_tables(&results, &mut md);
     Ok(md)
+}
+
+/// The floor rows: where the CPU goes and what latency costs, for ours, the two floors and
+/// the peer.
+const FLOOR_ROWS: &[Row] = &[
+    row("run", "scenario", Neither),
+    row("deliveries received", "received", Higher),
+    row("system CPU per delivery (µs)", "cpu_us_per_delivery", Lower),
+    row("… of which in the kernel (%)", "cpu_kernel_pct", Neither),
+    row("latency p50 (ms)", "p50_ms", Lower),
+    row("latency p99 (ms)", "p99_ms", Lower),
+    row("bench tool CPU (s)", "bench_cpu_s", Neither),
+    row("other programs' CPU (s, noise)", "other_cpu_s", Neither),
+];
+
+/// The fanout scenario against the floor (`chat-bench floor`): ours beside the least work
+/// that delivers the same frames, one write per delivery and one write per burst, and the
+/// peer, with ours / each.
+fn floor_table(results: &BTreeMap<String, Value>, md: &mut String) {
+    let delivery = results.get("floor-fanout");
+    let burst = results.get("floor-burst-fanout");
+    if delivery.is_none() && burst.is_none() {
+        return;
+    }
+    let ours = results.get("chat-fanout");
+    let peer = results.get("socketio-fanout");
+    let _ = writeln!(
+        md,
+        "### The floor: fanout, 500 receivers in one room, 4 senders, 100 messages/s\n"
+    );
+    let _ = writeln!(
+        md,
+        "The floor is `chat-bench floor`: one process on the gateways' two ports that speaks \
+         just enough of the protocol, keeps no history, uses no broker and writes one \
+         pre-encoded frame, shared by all members, to each receiver: with its own `send` per \
+         delivery from the task that fans out, or queued and written by the connection's \
+         task in one `writev` per burst (after the write delay in the run's name). Ours counts \
+         both gateways, the logger and the archiver; the floor its one process.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| | ours (Rust) | floor, a write per delivery | floor, a write per burst | peer (Socket.IO) | ours / floor per delivery | ours / floor per burst | ours / peer |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in FLOOR_ROWS {
+        let [o, d, b, p] = [ours, delivery, burst, peer].map(|v| v.and_then(|v| v.get(r.key)));
+        let plain = |x: Option<&Value>, y: Option<&Value>| match (
+            x.and_then(Value::as_f64),
+            y.and_then(Value::as_f64),
+        ) {
+            (Some(x), Some(y)) if y != 0.0 && !matches!(r.better, Neither) => {
+                format!("{:.2}", x / y)
+            }
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            show(o),
+            show(d),
+            show(b),
+            show(p),
+            plain(o, d),
+            plain(o, b),
+            ratio(o, p, r.better)
+        );
+    }
+    md.push('\n');
 }
 
 fn broker_tables(results: &BTreeMap<String, Value>, md: &mut String) {
@@ -278,7 +348,7 @@ fn broker_tables(results: &BTreeMap<String, Value>, md: &mut String) {
     if base.is_some() || cap.is_some() {
         let _ = writeln!(
             md,
-            "### Broker alone (lapin, persistent, confirms, 2 durable + 2 exclusive queues)\n"
+            "### Broker alone (lapin, persistent, confirms, the system's queues as chat-core declares them: 2 quorum + the event log stream + 2 exclusive)\n"
         );
         let _ = writeln!(md, "| | broker alone | ours | ours / broker |");
         let _ = writeln!(md, "|---|---:|---:|---:|");
@@ -370,5 +440,34 @@ mod tests {
         assert!(md.contains("| system CPU per delivery (µs) | 2.00 | 4.00 | 0.50 (ours better) |"));
         assert!(md.contains("| deliveries received | 500 | 500 | 1.00 |"));
         assert!(!md.contains("Idle"));
+        assert!(!md.contains("The floor"));
+    }
+
+    #[test]
+    fn the_floor_stands_beside_ours_and_the_peer() {
+        let results: BTreeMap<String, Value> = [
+            (
+                "chat-fanout",
+                r#"{"cpu_us_per_delivery":6.0,"scenario":"fanout"}"#,
+            ),
+            (
+                "floor-fanout",
+                r#"{"cpu_us_per_delivery":5.0,"scenario":"fanout"}"#,
+            ),
+            (
+                "floor-burst-fanout",
+                r#"{"cpu_us_per_delivery":3.0,"scenario":"fanout-burst-5ms"}"#,
+            ),
+            ("socketio-fanout", r#"{"cpu_us_per_delivery":12.0}"#),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::from_str(v).unwrap()))
+        .collect();
+        let mut md = String::new();
+        floor_table(&results, &mut md);
+        assert!(md.contains(
+            "| system CPU per delivery (µs) | 6.00 | 5.00 | 3.00 | 12.0 | 1.20 | 2.00 | 0.50 (ours better) |"
+        ));
+        assert!(md.contains("| run | fanout | fanout | fanout-burst-5ms | – | – | – | – |"));
     }
 }

@@ -12,13 +12,14 @@ use crate::archive;
 use crate::baseline::{self, Baseline, BaselineWindow};
 use crate::capacity::{self, Ladder, Search};
 use crate::cli::{
-    ArchiveArgs, BaselineArgs, CapacityArgs, CleanupArgs, CostArgs, IdleArgs, LadderArgs, LoadArgs,
-    ScenarioArgs,
+    AccessArgs, ArchiveArgs, BaselineArgs, CapacityArgs, CleanupArgs, CostArgs, IdleArgs,
+    LadderArgs, LoadArgs, ScenarioArgs, TargetArgs,
 };
 use crate::client::{self, Dialect};
 use crate::load::{ConnectReport, Layout, Pool, Window};
 use crate::output::Record;
 use crate::procfs::{self, CpuUsed, Watched};
+use crate::routing;
 use crate::stats::{ms, per};
 
 fn watched(cost: &CostArgs) -> Watched {
@@ -32,9 +33,9 @@ fn layout(s: &ScenarioArgs) -> anyhow::Result<Layout> {
     if s.rooms == 0 || s.rate <= 0.0 || s.senders == 0 {
         bail!("--rooms, --rate and --senders must be positive");
     }
-    let urls = urls(s.dialect, &s.urls)?;
+    let urls = urls(&s.target)?;
     Ok(Layout {
-        dialect: s.dialect,
+        dialect: s.target.dialect,
         urls,
         receivers: s.receivers,
         senders: s.senders,
@@ -44,27 +45,42 @@ fn layout(s: &ScenarioArgs) -> anyhow::Result<Layout> {
             .room_prefix
             .clone()
             .unwrap_or_else(baseline::random_prefix),
+        auth_secret: s.target.auth_secret.clone(),
+        spread: s.spread,
     })
 }
 
-fn urls(dialect: Dialect, given: &[String]) -> anyhow::Result<Vec<String>> {
-    given
+fn urls(target: &TargetArgs) -> anyhow::Result<Vec<String>> {
+    if target.auth_secret.is_some() && matches!(target.dialect, Dialect::Socketio) {
+        bail!("--auth-secret signs chat clients in; the Socket.IO peer has no tokens");
+    }
+    target
+        .urls
         .iter()
         .map(|u| {
             client::check_loopback(u)?;
-            Ok(client::endpoint(dialect, u))
+            Ok(client::endpoint(target.dialect, u))
         })
         .collect()
 }
 
 fn scenario_fields(r: &mut Record, label: &str, s: &ScenarioArgs) {
     r.put("scenario", label)
-        .put("dialect", s.dialect.name())
-        .put("gateways", s.urls.len())
+        .put("dialect", s.target.dialect.name())
+        .put("auth", auth_name(&s.target))
+        .put("gateways", s.target.urls.len())
         .put("receivers", s.receivers)
         .put("senders", s.senders)
         .put("rooms", s.rooms)
         .put("payload", s.payload);
+}
+
+/// How the clients signed in: `token`, or `open` (self-chosen names).
+fn auth_name(target: &TargetArgs) -> &'static str {
+    match target.auth_secret {
+        Some(_) => "token",
+        None => "open",
+    }
 }
 
 fn connect_fields(r: &mut Record, c: &ConnectReport) {
@@ -74,7 +90,8 @@ fn connect_fields(r: &mut Record, c: &ConnectReport) {
         .put("connect_per_s", per(c.connected as f64, c.seconds))
         .put("handshake_p50_ms", ms(c.handshake.percentile(0.5)))
         .put("handshake_p99_ms", ms(c.handshake.percentile(0.99)))
-        .put("connect_errors", c.errors);
+        .put("connect_errors", c.errors)
+        .put("connect_error_codes", codes(&c.error_codes));
 }
 
 fn codes(codes: &BTreeMap<String, u64>) -> String {
@@ -249,19 +266,45 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<Record> {
         "[{}] connecting {} clients ({})",
         args.out.label,
         s.receivers + s.senders,
-        s.dialect.name()
+        s.target.dialect.name()
     );
     let (pool, connected) = Pool::connect(layout, s.connect_concurrency, s.connect_timeout).await;
     eprintln!(
         "[{}] {} connected in {:.1}s; sending {} msg/s for {:?}",
         args.out.label, connected.connected, connected.seconds, s.rate, s.duration
     );
+    let consumed_before = if s.consumed {
+        // The joins' events first, so that only the window's are counted.
+        pool.quiesce(Duration::from_secs(15)).await;
+        watched.wait_idle(0.15, Duration::from_secs(30)).await;
+        Some(routing::consumed(&s.target.urls).await?)
+    } else {
+        None
+    };
     let window = pool.measure(s.rate, s.duration, s.drain, &watched).await;
+    let consumed: Option<Vec<u64>> = match consumed_before {
+        Some(before) => {
+            let after = routing::consumed(&s.target.urls).await?;
+            Some(
+                after
+                    .iter()
+                    .zip(&before)
+                    .map(|(a, b)| a.saturating_sub(*b))
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    let served = pool.layout().served();
     pool.close(Duration::from_secs(20)).await;
     let mut r = Record::new();
     scenario_fields(&mut r, &args.out.label, s);
+    r.put("spread", format!("{:?}", s.spread));
     connect_fields(&mut r, &connected);
     window_fields(&mut r, &window);
+    if let Some(consumed) = consumed {
+        routing::fields(&mut r, &window, &served, &consumed);
+    }
     Ok(r)
 }
 
@@ -273,7 +316,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<Record> {
     let clients = s.receivers + s.senders;
     eprintln!(
         "[{label}] connecting {clients} clients ({})",
-        s.dialect.name()
+        s.target.dialect.name()
     );
     let (pool, connected) = Pool::connect(layout, s.connect_concurrency, s.connect_timeout).await;
     let p99 = args.ladder.p99_ms;
@@ -314,18 +357,21 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<Record> {
 }
 
 pub async fn idle(args: IdleArgs) -> anyhow::Result<Record> {
-    let rooms = match args.dialect {
+    let target = &args.target;
+    let rooms = match target.dialect {
         Dialect::Chat => args.rooms.max(1),
         Dialect::Socketio => 1,
     };
     let layout = Layout {
-        dialect: args.dialect,
-        urls: urls(args.dialect, &args.urls)?,
+        dialect: target.dialect,
+        urls: urls(target)?,
         receivers: args.connections,
         senders: 0,
         rooms,
         payload: 0,
         room_prefix: baseline::random_prefix(),
+        auth_secret: target.auth_secret.clone(),
+        spread: crate::load::Spread::RoundRobin,
     };
     let watched = watched(&args.cost);
     let label = &args.out.label;
@@ -335,7 +381,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<Record> {
     eprintln!(
         "[{label}] connecting {} idle clients ({})",
         args.connections,
-        args.dialect.name()
+        args.target.dialect.name()
     );
     let (pool, connected) =
         Pool::connect(layout, args.connect_concurrency, args.connect_timeout).await;
@@ -349,7 +395,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<Record> {
     let data_after = watched.memory("VmData");
     let bench_after = procfs::rss_kb(std::process::id()).unwrap_or(0);
     let still = pool.wait_connected(Duration::ZERO).await;
-    let (disconnects, _) = pool.totals();
+    let disconnects = pool.totals().disconnects;
     pool.close(Duration::from_secs(60)).await;
 
     let total_before: u64 = before.values().sum();
@@ -361,8 +407,9 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<Record> {
         .saturating_sub(data_before.values().sum());
     let mut r = Record::new();
     r.put("scenario", label.as_str())
-        .put("dialect", args.dialect.name())
-        .put("gateways", args.urls.len())
+        .put("dialect", args.target.dialect.name())
+        .put("auth", auth_name(target))
+        .put("gateways", target.urls.len())
         .put("connections", args.connections)
         .put("rooms", rooms);
     connect_fields(&mut r, &connected);
@@ -407,9 +454,14 @@ fn baseline_fields(r: &mut Record, b: &BaselineWindow) {
 pub async fn baseline(args: BaselineArgs) -> anyhow::Result<Record> {
     let watched = watched(&args.cost);
     let label = &args.out.label;
-    let mut base = Baseline::start(&args.amqp_url, args.gateways, args.publishers, args.payload)
-        .await
-        .context("cannot set up the broker baseline")?;
+    let mut base = Baseline::start(
+        &args.amqp.amqp_url,
+        args.gateways,
+        args.publishers,
+        args.payload,
+    )
+    .await
+    .context("cannot set up the broker baseline")?;
     eprintln!("[{label}] broker baseline under prefix {}", base.prefix());
     let mut r = Record::new();
     r.put("scenario", label.as_str())
@@ -513,11 +565,64 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<Record> {
     Ok(r)
 }
 
+pub async fn access(args: AccessArgs) -> anyhow::Result<Record> {
+    let (seeded, archived_after, runs) = crate::access::run(&args).await?;
+    let mut walls: Vec<f64> = runs
+        .iter()
+        .map(|r| r.start_to_rebuilt.as_secs_f64())
+        .collect();
+    walls.sort_by(f64::total_cmp);
+    let median = walls.get(walls.len() / 2).copied();
+    let mut r = Record::new();
+    r.put("scenario", args.out.label.as_str())
+        .put("dialect", "chat")
+        .put("auth", "token")
+        .put("seeded", seeded)
+        .put("room_size", args.room_size)
+        .put("archived_after_s", archived_after.as_secs_f64())
+        .put("runs", runs.len())
+        .put(
+            "start_to_rebuilt_median_s",
+            median.map_or(Value::Null, |m| json!(m)),
+        )
+        .put(
+            "start_to_rebuilt_min_s",
+            walls.first().map_or(Value::Null, |m| json!(m)),
+        )
+        .put(
+            "replay_s",
+            runs.iter().map(|r| json!(r.replay_s)).collect::<Vec<_>>(),
+        )
+        .put(
+            "events_replayed",
+            runs.iter().map(|r| json!(r.events)).collect::<Vec<_>>(),
+        )
+        .put(
+            "gateway_cpu_s",
+            runs.iter()
+                .map(|r| json!(r.gateway_cpu_s))
+                .collect::<Vec<_>>(),
+        )
+        .put(
+            "archiver_cpu_s",
+            runs.iter()
+                .map(|r| json!(r.archiver_cpu_s))
+                .collect::<Vec<_>>(),
+        )
+        .put(
+            "start_to_rebuilt_s",
+            runs.iter()
+                .map(|r| json!(r.start_to_rebuilt.as_secs_f64()))
+                .collect::<Vec<_>>(),
+        );
+    Ok(r)
+}
+
 pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<Record> {
     if args.prefix == "chat" {
         bail!("refusing to delete the default prefix `chat`");
     }
-    let connection = chat_core::broker::connect(&args.amqp_url, "chat-bench-cleanup").await?;
+    let connection = chat_core::broker::connect(&args.amqp.amqp_url, "chat-bench-cleanup").await?;
     let deleted = baseline::delete_prefix(&connection, &args.prefix).await?;
     let _ = connection.close(200, "done".into()).await;
     let mut r = Record::new();

@@ -46,6 +46,25 @@ fn versus_peer(
     }
 }
 
+/// Fanout CPU per delivery against the one-write-per-delivery floor (`chat-bench floor`).
+fn of_floor(results: &BTreeMap<String, Value>) -> Outcome {
+    let ours = get(results, "chat-fanout", "cpu_us_per_delivery");
+    let reference = get(results, "floor-fanout", "cpu_us_per_delivery");
+    let ratio = match (ours, reference) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    };
+    // A floor that fell behind (lost deliveries: starved on a busy machine) is no floor.
+    let kept_up = get(results, "floor-fanout", "lost") == Some(0.0);
+    Outcome {
+        target: "… and within 1.3x of the floor's (one write per delivery)".to_owned(),
+        ours,
+        reference,
+        ratio,
+        met: ratio.filter(|_| kept_up).map(|r| r <= 1.3),
+    }
+}
+
 /// Every target the issue sets, in its order.
 pub fn evaluate(results: &BTreeMap<String, Value>) -> Vec<Outcome> {
     let mut out = vec![
@@ -56,6 +75,7 @@ pub fn evaluate(results: &BTreeMap<String, Value>) -> Vec<Outcome> {
             "cpu_us_per_delivery",
             |r| r <= 1.0 / 3.0,
         ),
+        of_floor(results),
         versus_peer(
             results,
             "fanout: capacity (messages/s) at least 3x the peer's",
@@ -188,6 +208,10 @@ mod tests {
         BTreeMap::from([
             ("chat-fanout".into(), json!({"cpu_us_per_delivery": 5.0})),
             (
+                "floor-fanout".into(),
+                json!({"cpu_us_per_delivery": 4.0, "lost": 0}),
+            ),
+            (
                 "socketio-fanout".into(),
                 json!({"cpu_us_per_delivery": 16.0}),
             ),
@@ -230,6 +254,19 @@ mod tests {
         let fanout = outcome(&all, "fanout: CPU");
         assert_eq!(fanout.ratio, Some(5.0 / 16.0));
         assert_eq!(fanout.met, Some(true));
+        let floor = outcome(&all, "… and within 1.3x of the floor");
+        assert_eq!((floor.ratio, floor.met), (Some(1.25), Some(true)));
+        let mut behind = results();
+        behind.insert(
+            "floor-fanout".into(),
+            json!({"cpu_us_per_delivery": 4.0, "lost": 7}),
+        );
+        let all_behind = evaluate(&behind);
+        let floor = outcome(&all_behind, "… and within 1.3x of the floor");
+        assert_eq!(
+            floor.met, None,
+            "a floor that lost deliveries is not measured"
+        );
         let capacity = outcome(&all, "ingest: capacity");
         assert_eq!(capacity.met, Some(false), "1.2x the peer is short of 1.5x");
         let broker = outcome(&all, "… or within 10%");
