@@ -8,7 +8,11 @@
 //    exchange messages, including HTML/script payloads that must show as plain text. Checks:
 //    each side sees the other's messages once, own messages get acked (no longer .pending,
 //    data-id set), no dialog opens, no <img>/<script> appears in #messages, no CSP violation
-//    or page error, and after a reload page B shows the history.
+//    or page error, and after a reload page B shows the history. Then, by keyboard and
+//    across the gateways: bob reacts 👍 to alice's message (alice sees "👍 1: bob"), bob is
+//    offered no Edit or Delete on it, alice edits it (bob sees the new text marked edited)
+//    and deletes it (both pages show the tombstone; after a reload B's history has it, and
+//    neither text).
 // 2. metrics (needs E2E_ARCHIVER_URL and E2E_LOGGER_URL, the archiver's and the logger's
 //    HTTP base URLs): after the chat, /metrics of both gateways, the archiver and the logger
 //    must show the traffic: chat_events_published_total{type="message"} (gateways summed),
@@ -32,7 +36,13 @@
 //    (`unavailable`) within 2 s, with a Retry that says retrying is safe; after the alarm,
 //    Retry posts it exactly once, under its first id: on her page, on frank's (F, on B) and
 //    in the archive. Screenshots alarm-failed-*.png and alarm-retried-*.png (desktop, phone).
-// 6. failover (needs E2E_GW1_PID, the process id of gateway A; it runs last because it stops
+// 6. private (needs E2E_TOKEN_GW1/E2E_TOKEN_GW2, two gateways in AUTH_MODE=token on the same
+//    broker, and E2E_TOKEN_ALICE/BOB/MALLORY, tokens `gateway token` minted for them): alice
+//    signs in on token gateway 1 through `#token=` (which must leave the address bar), creates
+//    a private room and adds bob; bob, on token gateway 2, sees the lock and her message;
+//    mallory, also on gateway 2, is refused the room (`forbidden`) and sees none of it; a page
+//    without a token is asked to sign in. Screenshots private-*.png (desktop, phone).
+// 7. failover (needs E2E_GW1_PID, the process id of gateway A; it runs last because it stops
 //    that gateway): page C (carol) is opened on gateway A with ?gw=<A>/ws,<B>/ws and page D
 //    (dave) on gateway B, both in a room of their own. Dave keeps sending; gateway A gets
 //    SIGTERM. Carol must get close code 1012, reconnect to gateway B by herself (#gateway,
@@ -47,7 +57,8 @@
 // Screenshots go to e2e/screenshots/ (failover-carol.png/failover-dave.png after the
 // failover, fail-*.png when a phase fails). Uses the system Chromium (/usr/bin/chromium, or
 // $CHROMIUM_PATH) through playwright-core. Prints `ok N - ...` / `not ok N - ...` lines and
-// ends with `chat e2e: P passed, F failed`; exits non-zero when anything failed. A phase
+// ends with `chat e2e: P passed, F failed`; exits non-zero when anything failed.
+// E2E_PHASES=private (a comma-separated list) runs only the phases named. A phase
 // stops at its first failed check (metrics assertions are all evaluated).
 
 import { chromium } from 'playwright-core';
@@ -210,7 +221,10 @@ async function exchange(from, fromName, to, toName, text) {
   const theirs = await find(to, text);
   check(mine.length === 1, `${fromName} shows ${JSON.stringify(text)} exactly once`, `${mine.length} copies`);
   check(theirs.length === 1, `${toName} shows ${JSON.stringify(text)} exactly once`, `${theirs.length} copies`);
-  check(theirs[0].author === fromName, `${toName} shows ${fromName} as the author`, `author ${theirs[0].author}`);
+  // Open mode: the page marks every author as a guest (identity.js authorLabel).
+  const author = theirs[0].author;
+  check(author === fromName || author === `${fromName} (guest)`,
+    `${toName} shows ${fromName} as the author`, `author ${author}`);
   check(mine[0].id && mine[0].id === theirs[0].id, 'both pages agree on the event id',
     `${mine[0].id} vs ${theirs[0].id}`);
   check(/^\d{2}:\d{2}$/.test(theirs[0].time || '') && !!theirs[0].title,
@@ -270,6 +284,25 @@ async function chatPhase(browser, pages) {
   await noInjectedMarkup(b, 'page B');
   noTrouble(allTrouble());
 
+  // Presence across the gateways: each page lists both (within a presence flush), and
+  // typing on A shows "alice is typing…" on B, which goes away when A sends.
+  for (const [page, label] of [[a, 'page A'], [b, 'page B']]) {
+    await step(`${label} lists alice and bob online`, () => page.waitForFunction(() => {
+      const names = [...document.querySelectorAll('#members-list li')].map((li) => li.textContent);
+      return names.includes('alice') && names.includes('bob')
+        && /^\d+ online$/.test(document.querySelector('#members-summary').textContent);
+    }, null, { timeout: TIMEOUT }));
+  }
+  await a.fill('#text', `typing ${tag}`);
+  await step('page B shows "alice is typing…"', () => b.waitForFunction(
+    () => document.querySelector('#typing').textContent === 'alice is typing…',
+    null, { timeout: TIMEOUT }));
+  await a.press('#text', 'Enter');
+  await step('the typing line on page B clears once alice sends', () => b.waitForFunction(
+    () => document.querySelector('#typing').textContent === '', null, { timeout: TIMEOUT }));
+  await waitForText(b, `typing ${tag}`, 'bob sees the message typed');
+  noTrouble(allTrouble());
+
   // Reload B: the form remembers bob/lobby, and rejoining shows this run's messages.
   await step('page B reloads', () => b.reload({ waitUntil: 'load', timeout: TIMEOUT }));
   const remembered = await b.evaluate(() => [
@@ -284,6 +317,58 @@ async function chatPhase(browser, pages) {
     check(copies.length === 1, `history shows ${JSON.stringify(t)} once`, `${copies.length} copies`);
   }
   await noInjectedMarkup(b, 'page B after reload');
+
+  // Edits, deletions and reactions across the gateways, by keyboard: bob reacts to
+  // alice's message, alice edits it, then deletes it; each shows on the other page live,
+  // and a reload of B shows the tombstone from history.
+  const original = `edit me ${tag}`;
+  const edited = `edited ${tag}`;
+  await say(a, original);
+  await waitForText(b, original, 'bob');
+  const id = await ackedId(a, original);
+  const on = (page, selector) => page.locator(`#messages .msg[data-id="${id}"] ${selector}`);
+  await step('bob reacts 👍 with the keyboard', async () => {
+    await on(b, '.tool.react[aria-label="React with 👍"]').focus();
+    await b.keyboard.press('Enter');
+  });
+  await step('alice sees "👍 1" from bob', () => a.waitForFunction((i) => {
+    const r = document.querySelector(`#messages .msg[data-id="${i}"] .reaction`);
+    return r && r.textContent === '👍 1' && r.getAttribute('aria-label') === '👍 1: bob';
+  }, id, { timeout: TIMEOUT }));
+  const bobTools = await on(b, '.tool').evaluateAll((els) => els.map((e) => e.textContent));
+  check(!bobTools.includes('Edit') && !bobTools.includes('Delete'),
+    'bob is offered no Edit or Delete on alice\'s message', JSON.stringify(bobTools));
+  await step('alice edits her message (Edit, type, Enter)', async () => {
+    await on(a, '.tool.edit').click();
+    await on(a, '.editor').fill(edited);
+    await on(a, '.editor').press('Enter');
+  });
+  await step('bob sees the new text, marked edited', () => b.waitForFunction((i) => {
+    const m = document.querySelector(`#messages .msg[data-id="${i}"]`);
+    return m && m.querySelector('.text').textContent.startsWith('edited ') && m.querySelector('.edited');
+  }, id, { timeout: TIMEOUT }));
+  await step('alice deletes it (Delete, then confirm)', async () => {
+    await on(a, '.tool.delete').click();
+    await on(a, '.really-delete').press('Enter');
+  });
+  for (const [page, label] of [[a, 'page A'], [b, 'page B']]) {
+    await step(`${label} shows the message as deleted`, () => page.waitForFunction((i) => {
+      const m = document.querySelector(`#messages .msg[data-id="${i}"]`);
+      return m && m.classList.contains('deleted')
+        && m.querySelector('.text').textContent === 'This message was deleted'
+        && !m.querySelector('.reaction');
+    }, id, { timeout: TIMEOUT }));
+  }
+  await step('page B reloads again', () => b.reload({ waitUntil: 'load', timeout: TIMEOUT }));
+  await b.click('#join-button');
+  await joined(b, 'bob');
+  await step('the history on page B has the tombstone and neither text', () => b.waitForFunction(
+    ([i, t1, t2]) => {
+      const m = document.querySelector(`#messages .msg[data-id="${i}"]`);
+      const texts = [...document.querySelectorAll('#messages .text')].map((e) => e.textContent);
+      return m && m.classList.contains('deleted') && !texts.includes(t1) && !texts.includes(t2);
+    }, [id, original, edited], { timeout: TIMEOUT }));
+  noTrouble(allTrouble());
 
   await a.screenshot({ path: path.join(SHOTS, 'desktop-a.png') });
   await b.screenshot({ path: path.join(SHOTS, 'desktop-b.png') });
@@ -1006,6 +1091,76 @@ async function alarmPhase(browser, pages) {
   noTrouble(te.concat(tf));
 }
 
+// ---------------------------------------------------------------- private rooms
+
+async function privatePhase(browser, pages) {
+  const gw1 = process.env.E2E_TOKEN_GW1;
+  const gw2 = process.env.E2E_TOKEN_GW2;
+  const token = (who) => process.env[`E2E_TOKEN_${who}`];
+  if (!gw1 || !gw2 || !token('ALICE') || !token('BOB') || !token('MALLORY')) {
+    throw new CheckFailed('E2E_TOKEN_GW1/GW2 and E2E_TOKEN_ALICE/BOB/MALLORY are needed');
+  }
+  const room = `vault${Date.now().toString(36)}`;
+  const secret = 'the plan nobody else may read';
+  const trouble = [];
+  const open = async (label, url, viewport) => {
+    const page = await newPage(browser);
+    pages.push([label, page]);
+    trouble.push(...watch(page, label));
+    if (viewport) await page.setViewportSize(viewport);
+    await page.goto(url, { waitUntil: 'load', timeout: TIMEOUT });
+    return page;
+  };
+  const anonymous = await open('private-anonymous', `${gw1}/`);
+  await step('a page without a token is asked to sign in', () => anonymous.waitForSelector(
+    '#login-view:not([hidden])', { timeout: TIMEOUT }));
+
+  const alice = await open('private-alice', `${gw1}/#token=${token('ALICE')}`);
+  await step('the token leaves the address bar', async () => {
+    await alice.waitForSelector('#private-field:not([hidden])', { timeout: TIMEOUT });
+    check(!alice.url().includes('token'), 'no token in the URL', alice.url());
+  });
+  await step('alice creates a private room', async () => {
+    await alice.fill('#room', room);
+    await alice.check('#private');
+    await alice.click('#join-button');
+    await alice.waitForSelector('#lock:not([hidden])', { timeout: TIMEOUT });
+  });
+  check((await alice.textContent('#whoami')).includes('(alice)'), 'alice is shown verified');
+  await step('alice adds bob', async () => {
+    await alice.fill('#member', 'bob');
+    await alice.click('#member-add');
+    await alice.waitForSelector('text=Alice added bob', { timeout: TIMEOUT });
+  });
+  await say(alice, secret);
+  await step('her message is acked', () => ackedId(alice, secret));
+
+  const bob = await open('private-bob', `${gw2}/#token=${token('BOB')}`, { width: 375, height: 740 });
+  await step('bob, on the other gateway, joins the private room and sees the lock', async () => {
+    await bob.waitForSelector('#private-field:not([hidden])', { timeout: TIMEOUT });
+    await bob.fill('#room', room);
+    await bob.click('#join-button');
+    await bob.waitForSelector('#lock:not([hidden])', { timeout: TIMEOUT });
+  });
+  await waitForText(bob, secret, 'bob');
+
+  const mallory = await open('private-mallory', `${gw2}/#token=${token('MALLORY')}`);
+  await step('mallory is refused the room', async () => {
+    await mallory.waitForSelector('#private-field:not([hidden])', { timeout: TIMEOUT });
+    await mallory.fill('#room', room);
+    await mallory.click('#join-button');
+    await mallory.waitForSelector('#join-error:not([hidden])', { timeout: TIMEOUT });
+  });
+  check(/private/.test(await mallory.textContent('#join-error')), 'mallory is told it is private');
+  await mallory.waitForTimeout(500);
+  check(!(await mallory.content()).includes(secret), 'mallory sees nothing of the room');
+
+  await alice.screenshot({ path: path.join(SHOTS, 'private-alice-desktop.png') });
+  await bob.screenshot({ path: path.join(SHOTS, 'private-bob-phone.png') });
+  await mallory.screenshot({ path: path.join(SHOTS, 'private-mallory-refused.png') });
+  noTrouble(trouble);
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -1020,9 +1175,12 @@ async function main() {
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+  // E2E_PHASES=private,chat runs only those phases (all by default).
+  const only = (process.env.E2E_PHASES || '').split(',').map((s) => s.trim()).filter(Boolean);
   /** Runs one phase; its failure is counted and reported, and the next phase still runs. */
   const phase = async (name, fn) => {
     const pages = [];
+    if (only.length && !only.includes(name)) return pages;
     console.log(`# ${name}`);
     try {
       await fn(pages);
@@ -1041,7 +1199,7 @@ async function main() {
     const chatPages = await phase('chat', (pages) => chatPhase(browser, pages));
     await phase('metrics', () => metricsPhase());
     for (const [, page] of chatPages) await page.context().close().catch(() => {});
-    for (const [name, fn] of [['heartbeat', heartbeatPhase], ['reload', reloadPhase], ['alarm', alarmPhase]]) {
+    for (const [name, fn] of [['heartbeat', heartbeatPhase], ['reload', reloadPhase], ['alarm', alarmPhase], ['private', privatePhase]]) {
       const pages = await phase(name, (p) => fn(browser, p));
       for (const [, page] of pages) await page.context().close().catch(() => {});
     }

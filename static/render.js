@@ -3,6 +3,8 @@
 // the error banner. User-supplied text only ever reaches the DOM through textContent and
 // attribute values, never through HTML parsing. Nothing here talks to the network.
 
+import { REACTION_KEYS, reactionLabel } from './messages.js';
+
 const GROUP_MS = 5 * 60 * 1000; // consecutive messages closer than this are grouped
 const STICK_PX = 48; // "at the bottom" tolerance for autoscroll
 
@@ -92,6 +94,117 @@ export function adoptEvent(node, ev) {
   if (t && typeof ev.at === 'string') setFullTime(t, parseTime(ev.at));
   const body = node.querySelector('.text');
   if (body && typeof ev.text === 'string') body.textContent = ev.text;
+}
+
+// ------------------------------------------------------------------ edits, deletions, reactions
+
+/** A `<button type=button>` with a label, an accessible name and a click handler. */
+function button(className, text, label, onClick) {
+  const b = make('button', className, text);
+  b.type = 'button';
+  if (label) {
+    b.title = label;
+    b.setAttribute('aria-label', label);
+  }
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+/**
+ * Shows a message as `view` (messages.js) has it: its text, or a tombstone once deleted;
+ * "edited" with the time in its title; the reactions as toggle buttons with counts and who
+ * reacted; and the tools the user may use: a few reactions, Edit for their own message,
+ * Delete for their own (or anyone's when `moderate`). Every tool is a button, so the
+ * keyboard reaches them all.
+ */
+export function showMessageState(node, view, { own, moderate, onReact, onEdit, onDelete }) {
+  if (!view) return;
+  node.classList.toggle('deleted', view.deleted);
+  const body = node.querySelector('.text');
+  if (body) body.textContent = view.deleted ? 'This message was deleted' : (view.text ?? '');
+  const meta = node.querySelector('.meta');
+  let edited = meta?.querySelector('.edited');
+  if (view.editedAt && !view.deleted) {
+    if (!edited) {
+      edited = make('span', 'edited', 'edited');
+      meta.append(edited);
+    }
+    edited.title = `edited ${parseTime(view.editedAt).toLocaleString()}`;
+  } else {
+    edited?.remove();
+  }
+  const bubble = node.querySelector('.bubble');
+  bubble.querySelector('.reactions')?.remove();
+  bubble.querySelector('.tools')?.remove();
+  if (view.deleted) {
+    closeEditor(node);
+    return;
+  }
+  if (view.reactions.length) {
+    const bar = make('div', 'reactions');
+    for (const r of view.reactions) {
+      const b = button(r.mine ? 'reaction mine' : 'reaction', `${r.key} ${r.count}`,
+        reactionLabel(r), () => onReact(r.key));
+      b.setAttribute('aria-pressed', String(r.mine));
+      bar.append(b);
+    }
+    bubble.append(bar);
+  }
+  const tools = make('div', 'tools');
+  for (const key of REACTION_KEYS) {
+    tools.append(button('tool react', key, `React with ${key}`, () => onReact(key)));
+  }
+  if (own) tools.append(button('tool edit', 'Edit', 'Edit this message', onEdit));
+  if (own || moderate) tools.append(button('tool delete', 'Delete', 'Delete this message', onDelete));
+  bubble.append(tools);
+}
+
+/**
+ * Replaces a message's text by an editor (Enter saves, Shift+Enter a new line, Escape
+ * cancels) with Save and Cancel buttons; focus goes to the text.
+ */
+export function openEditor(node, text, { onSave, onCancel }) {
+  closeEditor(node);
+  const body = node.querySelector('.text');
+  const box = make('div', 'edit-box');
+  const editor = make('textarea', 'editor');
+  editor.value = text ?? '';
+  editor.rows = 2;
+  editor.setAttribute('aria-label', 'Edit your message');
+  const save = () => onSave(editor.value);
+  editor.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      save();
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      onCancel();
+    }
+  });
+  box.append(editor, button('link save', 'Save', 'Save the edit', save),
+    button('link cancel', 'Cancel', 'Keep the message as it is', onCancel));
+  if (body) body.hidden = true;
+  body?.after(box);
+  editor.focus();
+}
+
+/** Takes the editor away and shows the text again. */
+export function closeEditor(node) {
+  node.querySelector('.edit-box')?.remove();
+  const body = node.querySelector('.text');
+  if (body) body.hidden = false;
+}
+
+/** Asks, in place of the tools, whether to delete the message for everyone. */
+export function confirmDelete(node, { onConfirm, onCancel }) {
+  const tools = node.querySelector('.tools');
+  if (!tools) return;
+  const ask = make('div', 'tools confirm');
+  ask.append(make('span', 'confirm-text', 'Delete this message for everyone?'),
+    button('tool really-delete', 'Delete', 'Delete it for everyone', onConfirm),
+    button('tool keep', 'Keep', 'Keep the message', onCancel));
+  tools.replaceWith(ask);
+  ask.querySelector('.really-delete').focus();
 }
 
 // ------------------------------------------------------------------ own message states
