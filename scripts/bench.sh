@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the standard benchmark scenarios against both systems, back to back on this machine,
 # and writes BENCHMARKS.md: our gateways (2) + logger + archiver, then the Node.js
-# Socket.IO peer (2 processes, /work/shared/peers/seed-socketio), then the broker alone.
+# Socket.IO peer (2 processes, /work/shared/peers/seed-socketio), then the broker alone;
+# beside our fanout, the same load against the floor (`chat-bench floor`, no broker).
 # Every service is started here (release binaries, a fresh CHAT_PREFIX and data directory
 # per start) and stopped again; all traffic stays on 127.0.0.1.
 #
@@ -13,7 +14,8 @@
 #   scripts/bench.sh --out FILE         # write elsewhere than BENCHMARKS.md
 #
 # Environment: PEER_DIR (the peer's sources, default ../shared/peers/seed-socketio),
-# AMQP_URL (a broker to use instead of the local one), KEEP_WORK=1 (keep the temp dir).
+# AMQP_URL (a broker to use instead of the local one), KEEP_WORK=1 (keep the temp dir),
+# FLOOR_BURST_DELAY (the floor's write delay per burst, default 5ms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -26,7 +28,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --private-broker) PRIVATE_BROKER=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -296,6 +298,25 @@ ingest() {
   $3
 }
 
+# The floor (issue 14): the fanout load against `chat-bench floor`, a minimal server on our
+# gateways' ports that only fans pre-encoded frames out, no broker: the least work that
+# delivers the same frames. Arguments: result name, mode (delivery|burst), write delay.
+FLOOR_BURST_DELAY=${FLOOR_BURST_DELAY:-5ms}
+floor() {
+  local name=$1 mode=$2 delay=$3 label=fanout port listen=()
+  [[ $mode == burst ]] && label="fanout-burst-$delay"
+  step "floor, one write per $mode (write delay $delay): fanout (500 receivers in one room, 4 senders, 100 msg/s)"
+  for port in "${OUR_GATEWAYS[@]}"; do listen+=(--listen "127.0.0.1:$port"); done
+  printf 'chat-bench floor %s &\n' "${listen[*]} --mode $mode --write-delay $delay" >>"$COMMANDS"
+  start "$name" "$BENCH" floor "${listen[@]}" --mode "$mode" --write-delay "$delay"
+  local pid=$LAST_PID
+  for port in "${OUR_GATEWAYS[@]}"; do wait_port "$port" 30; done
+  urls_of chat
+  bench "$name-fanout" load "${URLS[@]}" --receivers 500 --senders 4 --rooms 1 \
+    --rate 100 --duration "$WINDOW" --pids "floor=$pid" --label "$label"
+  stop_pids "$pid"
+}
+
 rooms() {
   local system=$1
   urls_of "$system"
@@ -357,6 +378,10 @@ guarded archive 5000 5s
 for system in chat socketio; do
   if [[ $system == chat ]]; then up=start_ours down=stop_ours; else up=start_peer down=stop_peer; fi
   guarded fanout "$system" "$up" "$down"
+  if [[ $system == chat ]]; then
+    guarded floor floor delivery 0ms
+    guarded floor floor-burst burst "$FLOOR_BURST_DELAY"
+  fi
   guarded ingest "$system" "$up" "$down"
   guarded rooms "$system" "$up" "$down"
   guarded idle "$system" "$up" "$down" 8000
@@ -451,6 +476,11 @@ EOF
   "$BENCH" report --dir "$RESULTS"
   cat <<EOF
 $(if [[ -f bench/ARCHIVE-POSTGRES.md ]]; then cat bench/ARCHIVE-POSTGRES.md; echo; fi)
+$(if [[ -f bench/CLUSTER.md ]]; then cat bench/CLUSTER.md; echo; fi)
+$(if [[ -f bench/JOIN-STORM.md ]]; then cat bench/JOIN-STORM.md; echo; fi)
+$(if [[ -f bench/LOG-STREAM.md ]]; then cat bench/LOG-STREAM.md; echo; fi)
+$(if [[ -f bench/IDENTITY.md ]]; then cat bench/IDENTITY.md; echo; fi)
+$(if [[ -f bench/ROUTING.md ]]; then cat bench/ROUTING.md; echo; fi)
 $(if [[ -f bench/ANALYSIS.md ]]; then cat bench/ANALYSIS.md; echo; fi)
 ## The commands
 

@@ -269,14 +269,14 @@ async def main():
     # 2. The chat log, on the logger's volume.
     eventually(
         "chat log lines",
-        lambda: f"<alice> {a_text}" in log_lines() and f"<bob> {b_text}" in log_lines(),
+        lambda: f"<~alice> {a_text}" in log_lines() and f"<~bob> {b_text}" in log_lines(),
     )
     ok("the chat log file on the logger's volume has both lines")
 
     # 3. The archive: the CLI in the archiver's container, and the API through the proxy.
     eventually(
         "archiver history",
-        lambda: f"<alice> {a_text}" in history_lines() and f"<bob> {b_text}" in history_lines(),
+        lambda: f"<~alice> {a_text}" in history_lines() and f"<~bob> {b_text}" in history_lines(),
     )
     ok(f"archiver history {ROOM} (archive on the archive volume) has both lines")
     eventually("API events", lambda: {a_id, b_id} <= {e["id"] for e in api_events()})
@@ -356,13 +356,20 @@ async def main():
     waiting = "written while the logger is stopped"
     await dave.say(waiting)
     await dave.close()
-    eventually("archived before down", lambda: f"<dave> {waiting}" in history_lines())
-    queues = compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_queues", "name",
-                     "durable", "messages")
-    logger_q = [line.split() for line in queues.splitlines() if line.startswith("chat.logger")]
-    if not logger_q or logger_q[0][1] != "true" or int(logger_q[0][2]) < 1:
-        fail(f"chat.logger is not durable or holds nothing: {queues}")
-    ok(f"logger stopped: {logger_q[0][2]} message(s) wait in the durable queue chat.logger")
+    eventually("archived before down", lambda: f"<~dave> {waiting}" in history_lines())
+    # chat.logger is a quorum queue: RabbitMQ refreshes its message count about every 5 s
+    # (the queue's tick), so a count read at once can still say 0; wait for it.
+    def logger_queue():
+        queues = compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_queues", "name",
+                         "durable", "type", "messages")
+        rows = [line.split() for line in queues.splitlines()
+                if line.split()[:1] == ["chat.logger"]]
+        return rows[0] if rows and rows[0][1] == "true" and int(rows[0][3]) >= 1 else None
+
+    logger_q = eventually("chat.logger is durable and holds the message", logger_queue,
+                          timeout=20.0)
+    ok(f"logger stopped: {logger_q[3]} message(s) wait in the durable {logger_q[2]} queue "
+       "chat.logger")
 
     compose("down", "--timeout", "20")
     ok("docker compose down (volumes kept)")
@@ -373,9 +380,9 @@ async def main():
         if text not in history:
             fail(f"archive lost {text!r} across down/up:\n{history}")
     ok("the archive kept every message across down/up")
-    eventually("logger catches up", lambda: f"<dave> {waiting}" in log_lines())
+    eventually("logger catches up", lambda: f"<~dave> {waiting}" in log_lines())
     lines = log_lines()
-    if f"<alice> {a_text}" not in lines:
+    if f"<~alice> {a_text}" not in lines:
         fail(f"the chat log lost the earlier lines:\n{lines}")
     ok("the logger wrote the message that waited in its queue; the chat log kept the rest")
     queues = compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_queues", "name",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The browser end-to-end test: starts an archiver, a logger and two gateways on free ports
 # with a prefix of their own, then runs e2e/chat.mjs (Playwright's playwright-core, Debian's
-# chromium): two pages chat across the gateways; then the /metrics of all four services must
+# chromium): two pages chat across the gateways, and (on two more gateways in token mode) a
+# private room is seen by a member and refused to a non-member; then the /metrics of all four services must
 # show that traffic; last, gateway 1 is stopped with SIGTERM (the script gets its pid in
 # E2E_GW1_PID) and a page that was on it must fail over to gateway 2 by itself and miss
 # nothing. Installs chromium and the npm package when missing. Screenshots land in
@@ -26,7 +27,7 @@ fi
 
 step "building the services"
 cargo build --locked --bins
-BIN="$(pwd)/target/debug"
+BIN="$(target_dir)/debug"
 
 work=$(mktemp -d)
 # A fixed prefix: the run deletes its queues at the end, so nothing piles up on the broker.
@@ -37,7 +38,7 @@ cleanup() {
   wait "${pids[@]}" 2>/dev/null || true
   # Remove the run's durable queues and exchanges so the broker is left as found.
   if command -v rabbitmqctl >/dev/null 2>&1; then
-    for q in logger archiver dead history; do rabbitmqctl -q delete_queue "$CHAT_PREFIX.$q" >/dev/null 2>&1 || true; done
+    for q in logger archiver dead history log; do rabbitmqctl -q delete_queue "$CHAT_PREFIX.$q" >/dev/null 2>&1 || true; done
   fi
   rm -rf "$work"
 }
@@ -45,6 +46,9 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 archiver_port=$(free_port); logger_port=$(free_port); gw1=$(free_port); gw2=$(free_port)
+tgw1=$(free_port); tgw2=$(free_port)
+# Two more gateways in token mode on the same broker, for the private-room phase.
+secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
 step "starting the services (prefix $CHAT_PREFIX)"
 ARCHIVER_LISTEN=127.0.0.1:$archiver_port DATABASE_URL="sqlite://$work/archive.db" "$BIN/archiver" >"$work/archiver.log" 2>&1 & pids+=($!)
@@ -52,12 +56,17 @@ LOGGER_LISTEN=127.0.0.1:$logger_port LOG_FILE="$work/chat.log" LOGGER_STDOUT=fal
 GATEWAY_LISTEN=127.0.0.1:$gw1 GATEWAY_ID=gw-e2e-1 "$BIN/gateway" >"$work/gw1.log" 2>&1 & pids+=($!)
 gw1_pid=$!
 GATEWAY_LISTEN=127.0.0.1:$gw2 GATEWAY_ID=gw-e2e-2 "$BIN/gateway" >"$work/gw2.log" 2>&1 & pids+=($!)
-for port in $archiver_port $logger_port $gw1 $gw2; do wait_port "$port" 30; done
+AUTH_MODE=token AUTH_SECRET=$secret GATEWAY_LISTEN=127.0.0.1:$tgw1 GATEWAY_ID=gw-e2e-t1 "$BIN/gateway" >"$work/tgw1.log" 2>&1 & pids+=($!)
+AUTH_MODE=token AUTH_SECRET=$secret GATEWAY_LISTEN=127.0.0.1:$tgw2 GATEWAY_ID=gw-e2e-t2 "$BIN/gateway" >"$work/tgw2.log" 2>&1 & pids+=($!)
+for port in $archiver_port $logger_port $gw1 $gw2 $tgw1 $tgw2; do wait_port "$port" 30; done
+mint() { AUTH_SECRET=$secret "$BIN/gateway" token --sub "$1" --name "$2" --ttl 15m; }
 
 step "browser end-to-end test (headless Chromium): chat, metrics, failover"
 status=0
 E2E_ARCHIVER_URL="http://127.0.0.1:$archiver_port" E2E_LOGGER_URL="http://127.0.0.1:$logger_port" \
   E2E_GW1_PID=$gw1_pid E2E_GW1_ID=gw-e2e-1 E2E_GW2_ID=gw-e2e-2 \
+  E2E_TOKEN_GW1="http://127.0.0.1:$tgw1" E2E_TOKEN_GW2="http://127.0.0.1:$tgw2" \
+  E2E_TOKEN_ALICE=$(mint alice Alice) E2E_TOKEN_BOB=$(mint bob Bob) E2E_TOKEN_MALLORY=$(mint mallory Mallory) \
   node e2e/chat.mjs "http://127.0.0.1:$gw1" "http://127.0.0.1:$gw2" || status=$?
 
 # The failover stopped gateway 1 with SIGTERM (if the run got that far; otherwise this does).

@@ -77,6 +77,25 @@ ensure_postgres() {
   wait_port 5432 60
 }
 
+# The Python example's client library for its test (archive::replay): the machine's python3
+# if it has pika, otherwise a venv under the target directory with pika from PyPI
+# (examples/python-subscriber/requirements.txt). Exports CHAT_PYTHON for the test.
+ensure_pika() {
+  if python3 -c 'import pika' 2>/dev/null; then
+    export CHAT_PYTHON=python3
+    return 0
+  fi
+  local venv
+  venv="$(target_dir)/python-example-venv"
+  if ! "$venv/bin/python" -c 'import pika' 2>/dev/null; then
+    step "installing pika (PyPI) for the Python example's test"
+    python3 -m venv "$venv"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet \
+      -r examples/python-subscriber/requirements.txt
+  fi
+  export CHAT_PYTHON="$venv/bin/python"
+}
+
 # Starts a throwaway node of Debian's RabbitMQ beside the machine's own, as the rabbitmq
 # user: node name $1, AMQP port $2 on 127.0.0.1 (Erlang distribution on $2 + 20000), data,
 # logs and config under $3 (kept if present, so a stopped node can start again), extra
@@ -100,8 +119,17 @@ start_rabbitmq_node() {
 }
 
 # Builds the three binaries in release mode and sets BIN to their directory.
+# Where cargo puts what it builds (CARGO_TARGET_DIR, if set, else ./target).
+target_dir() { echo "${CARGO_TARGET_DIR:-$(pwd)/target}"; }
+
 build_release() {
   step "building (cargo build --release)"
   cargo build --release --locked -p gateway -p logger -p archiver
-  BIN="$(pwd)/target/release"
+  BIN="$(target_dir)/release"
+}
+
+# The test objects (queues and exchanges named `t-*`) on the default broker, one per line.
+broker_test_objects() {
+  { rabbitmqctl list_queues -q name; rabbitmqctl list_exchanges -q name; } 2>/dev/null |
+    grep '^t-' | sort || true
 }
