@@ -81,17 +81,20 @@ ensure_postgres() {
 # if it has pika, otherwise a venv under the target directory with pika from PyPI
 # (examples/python-subscriber/requirements.txt). Exports CHAT_PYTHON for the test.
 ensure_pika() {
-  if python3 -c 'import pika' 2>/dev/null; then
+  # The Python examples' tests need pika (examples/python-subscriber) and PyJWT with its
+  # crypto extra (examples/mint-token).
+  local imports='import pika, jwt, cryptography'
+  if python3 -c "$imports" 2>/dev/null; then
     export CHAT_PYTHON=python3
     return 0
   fi
   local venv
   venv="$(target_dir)/python-example-venv"
-  if ! "$venv/bin/python" -c 'import pika' 2>/dev/null; then
-    step "installing pika (PyPI) for the Python example's test"
+  if ! "$venv/bin/python" -c "$imports" 2>/dev/null; then
+    step "installing pika and PyJWT (PyPI) for the Python examples' tests"
     python3 -m venv "$venv"
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet \
-      -r examples/python-subscriber/requirements.txt
+      -r examples/python-subscriber/requirements.txt -r examples/mint-token/requirements.txt
   fi
   export CHAT_PYTHON="$venv/bin/python"
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use chat_core::access::Reader;
 use chat_core::broker::{Acks, Session, Supervisor};
 use chat_core::event::id_time;
 use chat_core::history::{
@@ -181,6 +182,7 @@ async fn respond(channel: &Channel, store: &Store, delivery: Delivery) -> anyhow
                 events: Vec::new(),
                 since_error: None,
                 error: Some(format!("invalid history request: {err}")),
+                private: false,
             },
         };
         let body = serde_json::to_vec(&reply).context("Failed to encode a history reply")?;
@@ -304,10 +306,17 @@ pub async fn answer(store: &Store, request: &HistoryRequest) -> HistoryReply {
         events: Vec::new(),
         since_error: None,
         error: Some(error),
+        private: false,
     };
     if normalize::room(&request.room).is_err() {
         return failed(format!("invalid room {:?}", request.room));
     }
+    // The archive's view of the room's visibility travels with its events, so that a
+    // gateway whose projection lags cannot take a private room for a public one.
+    let private = match store.can_read(&request.room, Reader::Guest).await {
+        Ok(public) => !public,
+        Err(err) => return failed(format!("archive error: {err}")),
+    };
     let limit = request.limit.clamp(1, MAX_HISTORY);
     let mut since_error = None;
     if let Some(since) = &request.since {
@@ -317,6 +326,7 @@ pub async fn answer(store: &Store, request: &HistoryRequest) -> HistoryReply {
                     events,
                     since_error: None,
                     error: None,
+                    private,
                 }
             }
             Err(LookupError::Database(err)) => return failed(format!("archive error: {err}")),
@@ -328,6 +338,7 @@ pub async fn answer(store: &Store, request: &HistoryRequest) -> HistoryReply {
             events,
             since_error,
             error: None,
+            private,
         },
         Err(err) => failed(format!("archive error: {err}")),
     }

@@ -69,6 +69,8 @@ pub enum AccessRow {
     },
     /// A member of a private room.
     Member { room: String, user: String },
+    /// A moderator of a created room.
+    Moderator { room: String, user: String },
 }
 
 /// What `archiver rebuild` recomputed.
@@ -346,14 +348,27 @@ impl Store {
                     visibility,
                     owner,
                 } => {
-                    snapshot.insert(room, (visibility, owner, Default::default()));
+                    snapshot.insert(
+                        room,
+                        (visibility, owner, Default::default(), Default::default()),
+                    );
                 }
-                AccessRow::Member { room, user } => members.push((room, user)),
+                AccessRow::Member { .. } | AccessRow::Moderator { .. } => members.push(row),
             }
         }
-        for (room, user) in members {
-            if let Some((_, _, set)) = snapshot.get_mut(&room) {
-                set.insert(user);
+        for row in members {
+            match row {
+                AccessRow::Member { room, user } => {
+                    if let Some((_, _, set, _)) = snapshot.get_mut(&room) {
+                        set.insert(user);
+                    }
+                }
+                AccessRow::Moderator { room, user } => {
+                    if let Some((_, _, _, set)) = snapshot.get_mut(&room) {
+                        set.insert(user);
+                    }
+                }
+                AccessRow::Room { .. } => {}
             }
         }
         Ok(snapshot)

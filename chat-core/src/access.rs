@@ -2,8 +2,12 @@
 //! from the membership events (`room_created`, `member_added`, `member_removed`,
 //! `role_granted`, `role_revoked`) in the order they were archived. The rules live here once, in [`decide`]: a gateway checks a request with
 //! them before publishing, and every consumer re-checks each event with them when folding
-//! it, so an event that breaks a rule (a guest creating a room, someone other than the
-//! owner adding a member) changes nothing anywhere, whoever published it.
+//! it, so an event that breaks a rule (a guest creating a room, someone who neither owns
+//! nor moderates a room adding a member) changes nothing anywhere, whoever published it.
+//!
+//! Who may do what: any verified user creates a room (and owns it); its owner and its
+//! moderators add and remove members of a private room (nobody removes the owner); only
+//! its owner grants and revokes the moderator role.
 //!
 //! The gateway keeps an [`Access`] in memory; the archiver keeps the same state in its
 //! database, applying [`decide`] to one room's row at a time. Both are derived from the
@@ -22,7 +26,9 @@ pub enum Refusal {
     RoomExists(String),
     #[error("room {0:?} was never created, so it has no members to change")]
     NoSuchRoom(String),
-    #[error("only the owner of room {0:?} may change its members")]
+    #[error("only the owner or a moderator of room {0:?} may change its members")]
+    NotModerator(String),
+    #[error("only the owner of room {0:?} may grant or revoke roles")]
     NotOwner(String),
     #[error("room {0:?} is public: anyone may join it, it has no member list")]
     PublicRoom(String),
@@ -57,6 +63,8 @@ pub struct RoomInfo<'a> {
     pub visibility: Visibility,
     /// Who created it (a verified user id).
     pub owner: &'a str,
+    /// Whether the event's author moderates the room (holds the moderator role now).
+    pub author_moderates: bool,
 }
 
 /// The rules: what `event` does to a room in state `room` (`None`: never created), or why
@@ -83,7 +91,16 @@ pub fn decide(room: Option<RoomInfo<'_>>, event: &Event) -> Result<Change, Refus
         {
             Err(Refusal::PublicRoom(name()))
         }
-        (_, Some(info)) if info.owner != event.user => Err(Refusal::NotOwner(name())),
+        (EventKind::RoleGranted | EventKind::RoleRevoked, Some(info))
+            if info.owner != event.user =>
+        {
+            Err(Refusal::NotOwner(name()))
+        }
+        (EventKind::MemberAdded | EventKind::MemberRemoved, Some(info))
+            if info.owner != event.user && !info.author_moderates =>
+        {
+            Err(Refusal::NotModerator(name()))
+        }
         // Roles exist in public and private created rooms alike.
         (EventKind::RoleGranted, Some(_)) => Ok(Change::Granted(
             member(),
@@ -136,8 +153,9 @@ pub struct Access {
     applied: HashSet<String>,
 }
 
-/// A projection in a comparable form: room → (visibility, owner, members, sorted).
-pub type Snapshot = BTreeMap<String, (Visibility, String, BTreeSet<String>)>;
+/// A projection in a comparable form: room → (visibility, owner, members, moderators),
+/// sorted.
+pub type Snapshot = BTreeMap<String, (Visibility, String, BTreeSet<String>, BTreeSet<String>)>;
 
 impl Access {
     /// Folds one event in; what it changed, `Ok(None)` for an event folded in already or
@@ -146,11 +164,7 @@ impl Access {
         if !event.kind.is_membership() || self.applied.contains(&event.id) {
             return Ok(None);
         }
-        let info = self.rooms.get(&event.room).map(|r| RoomInfo {
-            visibility: r.visibility,
-            owner: &r.owner,
-        });
-        let change = decide(info, event)?;
+        let change = decide(self.info(&event.room, &event.user), event)?;
         self.applied.insert(event.id.clone());
         match &change {
             Change::Created { visibility, owner } => {
@@ -190,6 +204,15 @@ impl Access {
             }
         }
         Ok(Some(change))
+    }
+
+    /// What [`decide`] needs to know of `room` for an event by `author`.
+    pub fn info(&self, room: &str, author: &str) -> Option<RoomInfo<'_>> {
+        self.rooms.get(room).map(|r| RoomInfo {
+            visibility: r.visibility,
+            owner: &r.owner,
+            author_moderates: r.moderators.contains(author),
+        })
     }
 
     /// Whether the event with this id was folded in.
@@ -247,6 +270,7 @@ impl Access {
                         r.visibility,
                         r.owner.clone(),
                         r.members.iter().cloned().collect(),
+                        r.moderators.iter().cloned().collect(),
                     ),
                 )
             })
@@ -329,7 +353,7 @@ mod tests {
         ));
         assert!(matches!(
             access.apply(&member(EventKind::MemberAdded, "board", "bob", "bob")),
-            Err(Refusal::NotOwner(_))
+            Err(Refusal::NotModerator(_))
         ));
         assert!(matches!(
             access.apply(&member(EventKind::MemberAdded, "nowhere", "alice", "bob")),
@@ -397,5 +421,46 @@ mod tests {
             "the replayed add is not new"
         );
         assert_eq!(access.applied_count(), 3);
+    }
+
+    #[test]
+    fn a_moderator_adds_and_removes_members_but_not_the_owner_and_grants_no_roles() {
+        let mut access = Access::default();
+        access
+            .apply(&created("board", "alice", Visibility::Private))
+            .unwrap();
+        let mut grant = member(EventKind::RoleGranted, "board", "alice", "bob");
+        grant.role = Some(Role::Moderator);
+        access.apply(&grant).unwrap();
+        access
+            .apply(&member(EventKind::MemberAdded, "board", "bob", "carol"))
+            .expect("a moderator adds a member");
+        assert!(access.can_read(
+            "board",
+            Reader::User {
+                id: "carol",
+                admin: false
+            }
+        ));
+        access
+            .apply(&member(EventKind::MemberRemoved, "board", "bob", "carol"))
+            .expect("a moderator removes a member");
+        assert!(matches!(
+            access.apply(&member(EventKind::MemberRemoved, "board", "bob", "alice")),
+            Err(Refusal::OwnerStays(_))
+        ));
+        let mut promote = member(EventKind::RoleGranted, "board", "bob", "carol");
+        promote.role = Some(Role::Moderator);
+        assert!(matches!(access.apply(&promote), Err(Refusal::NotOwner(_))));
+        let mut revoke = member(EventKind::RoleRevoked, "board", "alice", "bob");
+        revoke.role = Some(Role::Moderator);
+        access.apply(&revoke).unwrap();
+        assert!(
+            matches!(
+                access.apply(&member(EventKind::MemberAdded, "board", "bob", "dave")),
+                Err(Refusal::NotModerator(_))
+            ),
+            "a revoked moderator changes no members"
+        );
     }
 }

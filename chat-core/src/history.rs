@@ -40,6 +40,12 @@ pub struct HistoryReply {
     /// Set when the request could not be answered at all (bad request, database error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the archive knows the room as private. A gateway whose own access
+    /// projection does not (it has not folded the room's `room_created` yet, while the
+    /// archive has) must not hand these events to a reader it has not checked against the
+    /// room's members: it waits for its projection to catch up first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// The AMQP `type` property of a [`MembershipRequest`] on the history queue.

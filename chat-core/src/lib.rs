@@ -35,4 +35,4 @@ pub mod telemetry;
 pub mod testkit;
 pub mod topology;
 
-pub use event::{Event, EventKind, Visibility};
+pub use event::{Event, EventKind, Role, Visibility};

@@ -80,6 +80,28 @@ impl Broker {
             .expect("confirm");
     }
 
+    /// Puts an event straight into one queue (through the default exchange), so that only
+    /// that queue's consumer sees it: how a test makes one subscriber run ahead of another.
+    pub async fn publish_event_to(&self, queue: &str, event: &Event) {
+        let channel = self.connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                event.to_json().as_bytes(),
+                event_properties(event),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
     /// Publishes an event exactly as a gateway does.
     pub async fn publish_event(&self, event: &Event) {
         self.publish_raw(event.to_json().as_bytes(), event_properties(event))

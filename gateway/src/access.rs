@@ -88,14 +88,7 @@ impl Projection {
     /// What the rules say of `event` now, without folding it in.
     pub fn check(&self, event: &Event) -> Result<Change, Refusal> {
         let inner = self.read();
-        let info = inner
-            .access
-            .room(&event.room)
-            .map(|r| chat_core::access::RoomInfo {
-                visibility: r.visibility,
-                owner: &r.owner,
-            });
-        chat_core::access::decide(info, event)
+        chat_core::access::decide(inner.access.info(&event.room, &event.user), event)
     }
 
     /// Folds a membership event in (from the queue, or one this gateway just published);

@@ -251,7 +251,11 @@ impl Database for SqliteStore {
         let members = sqlx::query("SELECT room, user FROM access_members")
             .fetch_all(&self.pool)
             .await?;
-        let mut rows = Vec::with_capacity(rooms.len() + members.len());
+        let moderators =
+            sqlx::query("SELECT room, user FROM access_roles WHERE role = 'moderator'")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut rows = Vec::with_capacity(rooms.len() + members.len() + moderators.len());
         for row in rooms {
             rows.push(AccessRow::Room {
                 room: row.try_get("room")?,
@@ -261,6 +265,12 @@ impl Database for SqliteStore {
         }
         for row in members {
             rows.push(AccessRow::Member {
+                room: row.try_get("room")?,
+                user: row.try_get("user")?,
+            });
+        }
+        for row in moderators {
+            rows.push(AccessRow::Moderator {
                 room: row.try_get("room")?,
                 user: row.try_get("user")?,
             });
@@ -465,10 +475,24 @@ async fn fold_membership(
             .bind(&event.room)
             .fetch_optional(&mut **tx)
             .await?;
+    let author_moderates: bool = match room {
+        Some(_) => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM access_roles
+                 WHERE room = ? AND user = ? AND role = 'moderator')",
+            )
+            .bind(&event.room)
+            .bind(&event.user)
+            .fetch_one(&mut **tx)
+            .await?
+        }
+        None => false,
+    };
     let info = match &room {
         Some((v, owner)) => Some(RoomInfo {
             visibility: visibility(v)?,
             owner,
+            author_moderates,
         }),
         None => None,
     };

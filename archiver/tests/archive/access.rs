@@ -7,7 +7,7 @@
 use chat_core::access::Access;
 use chat_core::auth::{claims_for, mint};
 use chat_core::testkit::{http_get_with, unique_prefix, Broker};
-use chat_core::{Event, EventKind, Visibility};
+use chat_core::{Event, EventKind, Role, Visibility};
 use serde_json::Value;
 
 use crate::helpers::{archiver_command, message, start_with, Running, TestDatabase};
@@ -43,6 +43,22 @@ fn membership_history() -> Vec<Event> {
         membership(EventKind::MemberAdded, "nowhere", "bob", "carol"),
         guest,
     ];
+    // A moderator changes members (not the owner, not roles); a revoked one no longer.
+    let role = |kind, by: &str, who: &str| {
+        let mut e = membership(kind, "board", by, who);
+        e.role = Some(Role::Moderator);
+        e
+    };
+    events.extend([
+        role(EventKind::RoleGranted, "bob", "mallory"),
+        role(EventKind::RoleGranted, "alice", "erin"),
+        membership(EventKind::MemberAdded, "board", "erin", "frank"),
+        membership(EventKind::MemberRemoved, "board", "erin", "bob"),
+        membership(EventKind::MemberRemoved, "board", "erin", "alice"),
+        role(EventKind::RoleGranted, "erin", "frank"),
+        role(EventKind::RoleRevoked, "alice", "erin"),
+        membership(EventKind::MemberAdded, "board", "erin", "grace"),
+    ]);
     for i in 0..20 {
         let room = format!("team-{}", i % 4);
         if i < 4 {
@@ -86,8 +102,13 @@ on_both_backends! {
         assert_eq!(store.insert(&events).await.unwrap(), 0);
         let archived = store.access_snapshot().await.unwrap();
         assert_eq!(archived, memory.snapshot());
-        assert!(archived["board"].2.contains("bob"));
-        assert!(!archived["board"].2.contains("mallory"), "bob does not own board");
+        let board = &archived["board"];
+        assert!(!board.2.contains("mallory"), "bob does not own board");
+        assert!(!board.2.contains("bob"), "removed by erin, a moderator");
+        assert!(board.2.contains("frank"), "added by erin, a moderator");
+        assert!(board.2.contains("alice"), "nobody removes the owner");
+        assert!(!board.2.contains("grace"), "erin no longer moderates");
+        assert!(board.3.is_empty(), "only alice grants; she revoked erin");
         assert!(!archived.contains_key("guests"), "guests create nothing");
         // A replay of the log, folded again, gives the same state.
         let mut replayed = Access::default();

@@ -123,14 +123,29 @@ impl Session {
                 user,
                 added,
                 r#ref,
-            } => self.change_membership(room, user, added, r#ref).await,
+            } => {
+                let kind = if added {
+                    EventKind::MemberAdded
+                } else {
+                    EventKind::MemberRemoved
+                };
+                self.change_access(kind, room, user, None, r#ref).await
+            }
             Command::Role {
                 room,
                 user,
                 role,
                 granted,
                 r#ref,
-            } => self.change_role(room, user, role, granted, r#ref).await,
+            } => {
+                let kind = if granted {
+                    EventKind::RoleGranted
+                } else {
+                    EventKind::RoleRevoked
+                };
+                self.change_access(kind, room, user, Some(role), r#ref)
+                    .await
+            }
             Command::Edit {
                 room,
                 target,
@@ -662,58 +677,28 @@ impl Session {
         self.publish_membership(event, r#ref).await;
     }
 
-    /// `add_member` / `remove_member` in a private room the speaker owns.
-    async fn change_membership(
+    /// `add_member` / `remove_member` (by the owner or a moderator of a private room) and
+    /// `grant_role` / `revoke_role` (by the owner of a created room): the shared rules
+    /// (`chat_core::access::decide`) say whether the speaker may, before anything is
+    /// published.
+    async fn change_access(
         &mut self,
+        kind: EventKind,
         room: String,
         user: String,
-        added: bool,
+        role: Option<Role>,
         r#ref: Option<String>,
     ) {
         if !matches!(self.speaker, Speaker::Verified(_)) {
-            let message = "only verified users may change membership";
+            let message = "only verified users may change membership or roles";
             return self.reject(forbidden(r#ref, message)).await;
         }
         if !self.access_ready().await {
             return self.reject(unavailable(r#ref)).await;
         }
-        let kind = if added {
-            EventKind::MemberAdded
-        } else {
-            EventKind::MemberRemoved
-        };
         let mut event = self.event(kind, &room, "", None);
         event.member = Some(user);
-        if let Err(refusal) = self.state.projection.check(&event) {
-            return self.reject(forbidden(r#ref, &refusal.to_string())).await;
-        }
-        self.publish_membership(event, r#ref).await;
-    }
-
-    /// `grant_role` / `revoke_role` in a created room the speaker owns.
-    async fn change_role(
-        &mut self,
-        room: String,
-        user: String,
-        role: Role,
-        granted: bool,
-        r#ref: Option<String>,
-    ) {
-        if !matches!(self.speaker, Speaker::Verified(_)) {
-            let message = "only verified users may grant or revoke roles";
-            return self.reject(forbidden(r#ref, message)).await;
-        }
-        if !self.access_ready().await {
-            return self.reject(unavailable(r#ref)).await;
-        }
-        let kind = if granted {
-            EventKind::RoleGranted
-        } else {
-            EventKind::RoleRevoked
-        };
-        let mut event = self.event(kind, &room, "", None);
-        event.member = Some(user);
-        event.role = Some(role);
+        event.role = role;
         if let Err(refusal) = self.state.projection.check(&event) {
             return self.reject(forbidden(r#ref, &refusal.to_string())).await;
         }

@@ -39,7 +39,13 @@ pub(super) async fn load(
     mark: Option<u64>,
 ) {
     let mut messages = Vec::with_capacity(2);
-    let reply = match ask(&state, &request, mark).await {
+    let asked = match ask(&state, &request, mark).await {
+        Ok(reply) if reply.private && !caught_up_with(&state, &room).await => {
+            Err(HistoryError::AccessBehind)
+        }
+        other => other,
+    };
+    let reply = match asked {
         Ok(reply) => {
             if let Some(reason) = &reply.since_error {
                 messages.push(error_message(
@@ -104,6 +110,25 @@ pub(super) async fn load(
             refused,
         })))
         .await;
+}
+
+/// Waits, up to the history timeout, until this gateway's access projection knows `room`
+/// as private, as the archive that answered does: until then it cannot tell who may read
+/// the history. By then the fold has removed every member who may not (the writer then
+/// answers their join `forbidden`). False if the projection did not catch up in time.
+async fn caught_up_with(state: &State, room: &str) -> bool {
+    let deadline = Instant::now() + state.config.history_timeout();
+    let mut pause = FIRST_PAUSE;
+    while !state.projection.is_private(room) {
+        if Instant::now() + pause >= deadline {
+            metrics::counter!("chat_history_access_behind_total").increment(1);
+            tracing::warn!(%room, "the archive knows this room as private, the access projection not yet: its history is withheld");
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+    true
 }
 
 /// Asks the archive for the history. When `mark` is set (the first join into a room routed

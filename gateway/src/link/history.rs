@@ -38,6 +38,8 @@ pub enum HistoryError {
     Timeout,
     #[error("the archive failed: {0}")]
     Archive(String),
+    #[error("the archive knows the room as private and this gateway's access state has not caught up yet")]
+    AccessBehind,
 }
 
 /// The requests of one session waiting for their reply, by correlation id. Dropped with
