@@ -176,6 +176,16 @@ async fn a_handshake_without_a_valid_key_gets_400() {
 }
 
 #[tokio::test]
+async fn a_handshake_without_a_host_gets_400() {
+    with_gateway("hs-host", &[], async |addr| {
+        let answer = send(addr, &handshake(addr, "GET", &[("Host", "")])).await;
+        assert_eq!(answer.status, 400);
+        assert_eq!(answer.code(), "bad_handshake", "{}", answer.body);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_handshake_from_a_foreign_origin_gets_403() {
     with_gateway("hs-origin", &[], async |addr| {
         let request = handshake(addr, "GET", &[("Origin", "https://evil.example")]);

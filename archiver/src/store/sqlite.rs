@@ -701,9 +701,13 @@ async fn write_state(
     .await?;
     if state.deleted {
         sqlx::query(
+            // Two index lookups (by id, by target): an `id = ? OR target = ?` here
+            // made SQLite walk every event of the room instead, per deleted message.
             "UPDATE events SET text = NULL
-             WHERE (id = ?1 OR (target = ?1 AND type = 'edit')) AND room = ?2
-               AND text IS NOT NULL",
+             WHERE seq IN (SELECT seq FROM events WHERE id = ?1
+                           UNION ALL
+                           SELECT seq FROM events WHERE target = ?1 AND type = 'edit')
+               AND room = ?2 AND text IS NOT NULL",
         )
         .bind(&message.id)
         .bind(&message.room)

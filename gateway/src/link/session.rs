@@ -18,6 +18,7 @@ use lapin::Connection;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::acks::{LazyAck, Next};
 use super::history::{Waiting, REPLY_TO};
@@ -148,6 +149,9 @@ async fn run(
         .as_ref()
         .map_or_else(CancellationToken::new, |r| r.failed.clone());
 
+    // The unbinds of rooms whose last member left, each running beside the loop: a clean
+    // shutdown lets those in flight finish before it closes their channel.
+    let releases = TaskTracker::new();
     let mut acks = LazyAck::new(prefetch, ACK_DELAY);
     let ack_timer = tokio::time::sleep(ACK_DELAY);
     tokio::pin!(ack_timer);
@@ -158,6 +162,8 @@ async fn run(
                 channels.send_replace(None);
                 drop(events);
                 drop(replies);
+                releases.close();
+                releases.wait().await;
                 chat_core::broker::close_channels(&all).await;
                 return Ok(());
             }
@@ -180,7 +186,7 @@ async fn run(
                 if let Some(routes) = routes.as_ref().filter(|_| !shutdown.is_cancelled()) {
                     for room in emptied {
                         let (routes, rooms) = (routes.clone(), rooms.clone());
-                        tokio::spawn(async move { routes.release(&room, &rooms).await });
+                        releases.spawn(async move { routes.release(&room, &rooms).await });
                     }
                 }
                 false
