@@ -5,9 +5,12 @@ scripts/compose-test.sh builds the image, brings docker-compose.yml up and chats
 so syntax, names, ports, health checks, volumes and the proxy are proven there. What a run
 passes anyway, and is checked here instead:
 
-- `.env.example` defines every variable the compose file needs without a default, and sets
-  none the compose file ignores (the test writes its own env file, so a user's first
-  `docker compose up` is only guarded here);
+- `.env.example` defines every variable the compose files (docker-compose.yml and
+  docker-compose.cluster.yml) need without a default, and sets none both ignore (the test
+  writes its own env file, so a user's first `docker compose up` is only guarded here);
+- the clustered file's RabbitMQ nodes are the ones deploy/rabbitmq-cluster/cluster.conf
+  lists (node name rabbit@<hostname>) and the ones every AMQP_URL names, and it uses the
+  images docker-compose.yml uses, plus postgres (so the test's stand-ins cover it);
 - `.dockerignore` keeps secrets and local data (.env, databases, target/) out of the build
   context;
 - the Dockerfile copies every workspace member's Cargo.toml before any source, so the
@@ -44,29 +47,65 @@ def read(*parts):
         return f.read()
 
 
-def check_env_example():
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cluster.yml")
+
+
+def compose_variables(name):
+    """(required, optional) variables of a compose file: ${X} and ${X:?…} need a value,
+    ${X:-…} and ${X:+…} do not."""
     text = "\n".join(
-        line for line in read("docker-compose.yml").splitlines() if not line.lstrip().startswith("#")
+        line for line in read(name).splitlines() if not line.lstrip().startswith("#")
     ).replace("$$", "")
     required, optional = set(), set()
     for m in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?[^}]*\}|\$([A-Za-z_][A-Za-z0-9_]*)", text):
         name, op = m.group(1) or m.group(3), m.group(2) or ""
         (optional if op.endswith(("-", "+")) else required).add(name)
+    return required, optional - required
+
+
+def check_env_example():
     example = {}
     for line in read(".env.example").splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             example[line.split("=", 1)[0].strip()] = True
-    missing = sorted(required - set(example))
-    if missing:
-        fail(f".env.example lacks {', '.join(missing)} (used in docker-compose.yml without a default)")
-    else:
-        ok(f".env.example defines what compose requires: {', '.join(sorted(required))}")
-    unused = sorted(set(example) - required - optional)
+    used = set()
+    for name in COMPOSE_FILES:
+        required, optional = compose_variables(name)
+        used |= required | optional
+        missing = sorted(required - set(example))
+        if missing:
+            fail(f".env.example lacks {', '.join(missing)} (used in {name} without a default)")
+        else:
+            ok(f".env.example defines what {name} requires: {', '.join(sorted(required))}")
+    unused = sorted(set(example) - used)
     if unused:
-        fail(f".env.example sets {', '.join(unused)}, which docker-compose.yml never uses")
+        fail(f".env.example sets {', '.join(unused)}, which no compose file uses")
     else:
-        ok(".env.example sets nothing docker-compose.yml ignores")
+        ok(f".env.example sets nothing that {' and '.join(COMPOSE_FILES)} both ignore")
+
+
+def check_cluster_file():
+    text = read("docker-compose.cluster.yml")
+    hostnames = re.findall(r"^    hostname: (rabbitmq-[0-9]+)$", text, re.M)
+    listed = re.findall(r"^cluster_formation\.classic_config\.nodes\.[0-9]+ = rabbit@(\S+)$",
+                        read("deploy", "rabbitmq-cluster", "cluster.conf"), re.M)
+    if len(hostnames) == 3 and sorted(hostnames) == sorted(listed):
+        ok(f"the three RabbitMQ nodes' hostnames are the nodes cluster.conf lists: {', '.join(listed)}")
+    else:
+        fail(f"RabbitMQ hostnames {hostnames} differ from cluster.conf's nodes {listed}")
+    urls = re.findall(r"^  AMQP_URL: >-\n    (.+)$", text, re.M)
+    hosts = [sorted(re.findall(r"@([a-z0-9-]+):5672/", url)) for url in urls]
+    if urls and all(h == sorted(hostnames) for h in hosts):
+        ok("AMQP_URL names every node of the cluster")
+    else:
+        fail(f"AMQP_URL should name each of {hostnames}, names {hosts}")
+    images = lambda name: set(re.findall(r"^\s+image: (\S+)", read(name), re.M))  # noqa: E731
+    extra = sorted(images("docker-compose.cluster.yml") - images("docker-compose.yml"))
+    if all(i.startswith("postgres:") for i in extra):
+        ok(f"docker-compose.cluster.yml uses docker-compose.yml's images, plus {', '.join(extra)}")
+    else:
+        fail(f"docker-compose.cluster.yml uses images that have no stand-in: {extra}")
 
 
 def dockerignore_excludes(rel):
@@ -177,7 +216,8 @@ def check_metric_names():
 
 def main():
     for title, check in (
-        (".env.example against docker-compose.yml", check_env_example),
+        (".env.example against the compose files", check_env_example),
+        ("docker-compose.cluster.yml", check_cluster_file),
         (".dockerignore", check_dockerignore),
         ("Dockerfile", check_dockerfile),
         ("metric names in alerts and dashboard", check_metric_names),
