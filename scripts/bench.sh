@@ -475,6 +475,7 @@ fi)
 EOF
   "$BENCH" report --dir "$RESULTS"
   cat <<EOF
+$(if [[ -f bench/REBUILD.md ]]; then cat bench/REBUILD.md; echo; fi)
 $(if [[ -f bench/ARCHIVE-POSTGRES.md ]]; then cat bench/ARCHIVE-POSTGRES.md; echo; fi)
 $(if [[ -f bench/CLUSTER.md ]]; then cat bench/CLUSTER.md; echo; fi)
 $(if [[ -f bench/JOIN-STORM.md ]]; then cat bench/JOIN-STORM.md; echo; fi)
