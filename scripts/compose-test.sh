@@ -22,17 +22,38 @@
 #   5. `docker compose down -v`, also when a step failed: no container, network or volume
 #      of the run is left (the images stay, as a build cache).
 #
-# Usage: scripts/compose-test.sh [--keep]   (--keep: leave the system up at the end)
-# Environment: COMPOSE_TEST_PROJECT (default chat-compose-test), COMPOSE_TEST_CACHE
-# (default /var/cache/chat-compose: debootstrap and apt downloads).
+# With --cluster the same for docker-compose.cluster.yml (three RabbitMQ nodes, PostgreSQL,
+# two archivers; one more stand-in, postgres:15-bookworm): `scripts/compose_chat.py
+# --cluster` checks the cluster and the quorum queues' members, chats, finds the messages
+# in both archivers and in PostgreSQL, then SIGKILLs the node leading chat.archiver while
+# two clients keep chatting, starts it again, and checks that every acked message reached
+# both clients, the archive and the chat log exactly once.
+#
+# Usage: scripts/compose-test.sh [--cluster] [--keep]   (--keep: leave the system up at the end)
+# Environment: COMPOSE_TEST_PROJECT (default chat-compose-test, with --cluster
+# chat-cluster-test), COMPOSE_TEST_CACHE (default /var/cache/chat-compose: debootstrap and
+# apt downloads).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 ROOT=$(pwd)
 
 KEEP=false
-[[ "${1:-}" == --keep ]] && KEEP=true
-PROJECT=${COMPOSE_TEST_PROJECT:-chat-compose-test}
+CLUSTER=false
+for arg in "$@"; do
+  case $arg in
+    --keep) KEEP=true ;;
+    --cluster) CLUSTER=true ;;
+    *) echo "usage: $0 [--cluster] [--keep]" >&2; exit 2 ;;
+  esac
+done
+if $CLUSTER; then
+  COMPOSE_FILE=docker-compose.cluster.yml
+  PROJECT=${COMPOSE_TEST_PROJECT:-chat-cluster-test}
+else
+  COMPOSE_FILE=docker-compose.yml
+  PROJECT=${COMPOSE_TEST_PROJECT:-chat-compose-test}
+fi
 CACHE=${COMPOSE_TEST_CACHE:-/var/cache/chat-compose}
 STANDIN_LABEL=org.fanout-chat.standin
 
@@ -188,6 +209,9 @@ ensure_standins() {
   build_standin rabbitmq:4-management $dir/rabbitmq $dir/rabbitmq "$base"
   build_standin nginx:1.27-alpine $dir/nginx $dir/nginx "$base"
   build_standin "$PROMETHEUS_IMAGE" $dir/prometheus $dir/prometheus "$base"
+  if $CLUSTER; then
+    build_standin "$POSTGRES_IMAGE" $dir/postgres $dir/postgres "$base"
+  fi
 
   # The Rust builder carries this machine's toolchain (rustup cannot download one here) and
   # its CA bundle, hard-linked into a build context outside the repository.
@@ -224,6 +248,11 @@ check_rules() {
     --entrypoint /bin/promtool "$PROMETHEUS_IMAGE" test rules alerts.test.yml
   "$DOCKER" run --rm --network none -v "$ROOT/deploy/prometheus:/etc/prometheus:ro" \
     --entrypoint /bin/promtool "$PROMETHEUS_IMAGE" check config /etc/prometheus/prometheus.yml
+  if $CLUSTER; then
+    "$DOCKER" run --rm --network none -v "$ROOT/deploy/prometheus:/etc/prometheus:ro" \
+      --entrypoint /bin/promtool "$PROMETHEUS_IMAGE" check config \
+      /etc/prometheus/prometheus-cluster.yml
+  fi
 }
 
 # --- 4. the run -----------------------------------------------------------------------------
@@ -232,14 +261,14 @@ free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-compose() { "$DOCKER" compose -p "$PROJECT" --env-file "$ENV_FILE" "$@"; }
+compose() { "$DOCKER" compose -p "$PROJECT" --env-file "$ENV_FILE" -f "$COMPOSE_FILE" "$@"; }
 
 # Leaves nothing of the run behind: containers, the project's network and its volumes.
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   if $KEEP && ((rc == 0)); then
-    echo "left running (--keep): $DOCKER compose -p $PROJECT --env-file $ENV_FILE down -v"
+    echo "left running (--keep): $DOCKER compose -p $PROJECT --env-file $ENV_FILE -f $COMPOSE_FILE down -v"
     return
   fi
   if ((rc != 0)); then
@@ -268,6 +297,7 @@ ensure_compose
 ensure_websockets
 mkdir -p "$CACHE"
 PROMETHEUS_IMAGE=$(sed -n 's/^ *image: *\(prom\/prometheus:[^ ]*\).*/\1/p' docker-compose.yml)
+POSTGRES_IMAGE=$(sed -n 's/^ *image: *\(postgres:[^ ]*\).*/\1/p' docker-compose.cluster.yml)
 ensure_standins
 check_rules
 
@@ -285,6 +315,8 @@ HTTP_PORT=$HTTP_PORT
 RABBITMQ_UI_PORT=$RABBITMQ_UI_PORT
 PROMETHEUS_PORT=$PROMETHEUS_PORT
 LOG_FORMAT=human
+RABBITMQ_ERLANG_COOKIE=test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+POSTGRES_PASSWORD=test-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
 ENV
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -295,14 +327,19 @@ compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 step "docker compose config"
 compose config -q
 
-step "docker compose up -d --build --wait (HTTP port $HTTP_PORT)"
+step "docker compose -f $COMPOSE_FILE up -d --build --wait (HTTP port $HTTP_PORT)"
 t0=$(date +%s)
 compose up -d --build --wait --quiet-pull
 echo "up and healthy in $(($(date +%s) - t0))s"
 compose ps --format 'table {{.Service}}\t{{.Status}}'
 
-export DOCKER PROJECT ENV_FILE HTTP_PORT PROMETHEUS_PORT
-step "chatting through the proxy (scripts/compose_chat.py)"
-"$PY" scripts/compose_chat.py
+export DOCKER PROJECT ENV_FILE HTTP_PORT PROMETHEUS_PORT COMPOSE_FILE
+if $CLUSTER; then
+  step "chatting through the proxy while a RabbitMQ node is killed (scripts/compose_chat.py --cluster)"
+  "$PY" scripts/compose_chat.py --cluster
+else
+  step "chatting through the proxy (scripts/compose_chat.py)"
+  "$PY" scripts/compose_chat.py
+fi
 
 echo "compose-test: done in $(elapsed)"
