@@ -255,11 +255,10 @@ def dashboard_queries():
        "time, archive lag and clients show data")
 
 
-async def main():
-    print(f"  room {ROOM}")
+async def chat_both_ways():
+    """alice and bob, on different gateways, join ROOM and each says hello to the other;
+    returns both clients, their texts and the acked ids."""
     alice, bob = await two_clients_on_different_gateways()
-
-    # 1. Both ways.
     await alice.join()
     await bob.join()
     a_text = f"hello from alice on {alice.gateway}"
@@ -269,6 +268,14 @@ async def main():
     b_id = await bob.say(b_text)
     await alice.receives(b_text)
     ok("alice -> bob and bob -> alice across the gateways, each acked after the broker's confirm")
+    return alice, bob, a_text, b_text, a_id, b_id
+
+
+async def main():
+    print(f"  room {ROOM}")
+
+    # 1. Both ways.
+    alice, bob, a_text, b_text, a_id, b_id = await chat_both_ways()
 
     # 2. The chat log, on the logger's volume.
     eventually(
@@ -547,16 +554,7 @@ async def cluster_main():
        "2 consumers (the archivers)")
 
     # 2. Chat through the proxy, across the gateways.
-    alice, bob = await two_clients_on_different_gateways()
-    await alice.join()
-    await bob.join()
-    a_text = f"hello from alice on {alice.gateway}"
-    b_text = f"hello from bob on {bob.gateway}"
-    a_id = await alice.say(a_text)
-    await bob.receives(a_text)
-    b_id = await bob.say(b_text)
-    await alice.receives(b_text)
-    ok("alice -> bob and bob -> alice across the gateways, each acked after the broker's confirm")
+    alice, bob, a_text, b_text, a_id, b_id = await chat_both_ways()
     eventually("chat log lines",
                lambda: f"<~alice> {a_text}" in log_lines() and f"<~bob> {b_text}" in log_lines())
     ok("the logger wrote both lines to the chat log")
