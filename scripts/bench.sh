@@ -12,6 +12,9 @@
 #                                       # so nothing else using the machine's broker
 #                                       # (tests that restart it) disturbs the run
 #   scripts/bench.sh --out FILE         # write elsewhere than BENCHMARKS.md
+#   scripts/bench.sh --only fanout,active --no-peer --out /tmp/B.md
+#                                       # some scenarios only (archive, fanout, active,
+#                                       # floor, ingest, rooms, idle, broker), ours only
 #
 # Environment: PEER_DIR (the peer's sources, default ../shared/peers/seed-socketio),
 # AMQP_URL (a broker to use instead of the local one), KEEP_WORK=1 (keep the temp dir),
@@ -22,13 +25,17 @@ source scripts/lib.sh
 
 QUICK=0
 PRIVATE_BROKER=0
+ONLY=""
+PEER=1
 OUT=BENCHMARKS.md
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
     --private-broker) PRIVATE_BROKER=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --only) ONLY=",$2,"; shift ;;
+    --no-peer) PEER=0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -39,6 +46,8 @@ if ((QUICK)); then
 else
   WINDOW=10s STEP=5s MAX_STEPS=12 ARCHIVE_WINDOW=10s MODE="full run"
 fi
+if [[ -n $ONLY ]]; then MODE="$MODE of some scenarios only (--only ${ONLY//,/ })"; fi
+((PEER)) || MODE="$MODE, without the peer (--no-peer)"
 # Ports of the systems under test (not the run.sh ones, so a running dev system is left alone).
 OUR_GATEWAYS=(4101 4102)
 ARCHIVER_PORT=4100
@@ -135,11 +144,13 @@ BENCH=$BIN/chat-bench
 
 PEER_DIR=${PEER_DIR:-../shared/peers/seed-socketio}
 [[ -d $PEER_DIR ]] || PEER_DIR=/work/shared/peers/seed-socketio
-step "installing the Socket.IO peer from $PEER_DIR (npm install in a temp copy)"
-mkdir -p "$WORK/peer"
-cp "$PEER_DIR"/package.json "$PEER_DIR"/*.js "$WORK/peer/"
-chmod -R u+w "$WORK/peer"
-(cd "$WORK/peer" && npm install --no-audit --no-fund --loglevel=error >"$LOGS/npm.log" 2>&1)
+if ((PEER)); then
+  step "installing the Socket.IO peer from $PEER_DIR (npm install in a temp copy)"
+  mkdir -p "$WORK/peer"
+  cp "$PEER_DIR"/package.json "$PEER_DIR"/*.js "$WORK/peer/"
+  chmod -R u+w "$WORK/peer"
+  (cd "$WORK/peer" && npm install --no-audit --no-fund --loglevel=error >"$LOGS/npm.log" 2>&1)
+fi
 
 # --- starting and stopping the systems ----------------------------------------------------
 
@@ -283,6 +294,22 @@ fanout() {
   $3
 }
 
+# Issue 10: the fanout again with presence and typing going on in the room (ours only: the
+# peer has neither): 25 typists (5 % of the room) and 10 churners that leave and come back.
+active() {
+  urls_of chat
+  local ambient=(--typists 25 --typing-every 3s --churners 10 --churn-every 8s)
+  step "chat: fanout with presence and typing active (500 receivers, 4 senders, 100 msg/s; ${ambient[*]})"
+  start_ours
+  bench chat-fanout-active load "${URLS[@]}" --receivers 500 --senders 4 --rooms 1 \
+    --rate 100 --duration "$WINDOW" "${ambient[@]}" --pids "$PIDS" "${BROKER_ARGS[@]}" \
+    --label fanout-active
+  bench chat-fanout-capacity-active capacity "${URLS[@]}" --receivers 500 --senders 4 \
+    --rooms 1 --rate 100 --duration "$STEP" --drain 3s --max-steps "$MAX_STEPS" \
+    "${ambient[@]}" --pids "$PIDS" "${BROKER_ARGS[@]}" --label fanout-capacity-active
+  stop_ours
+}
+
 ingest() {
   local system=$1
   urls_of "$system"
@@ -373,22 +400,34 @@ broker_alone() {
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%MZ)
 SECONDS=0
 
-guarded archive 1000 "$ARCHIVE_WINDOW"
-guarded archive 5000 5s
-for system in chat socketio; do
+# Whether scenario $1 is to run (all of them unless --only names some).
+wanted() { [[ -z $ONLY || $ONLY == *",$1,"* ]]; }
+systems=(chat)
+((PEER)) && systems+=(socketio)
+
+if wanted archive; then
+  guarded archive 1000 "$ARCHIVE_WINDOW"
+  guarded archive 5000 5s
+fi
+for system in "${systems[@]}"; do
   if [[ $system == chat ]]; then up=start_ours down=stop_ours; else up=start_peer down=stop_peer; fi
-  guarded fanout "$system" "$up" "$down"
+  wanted fanout && guarded fanout "$system" "$up" "$down"
   if [[ $system == chat ]]; then
-    guarded floor floor delivery 0ms
-    guarded floor floor-burst burst "$FLOOR_BURST_DELAY"
+    wanted active && guarded active
+    if wanted floor; then
+      guarded floor floor delivery 0ms
+      guarded floor floor-burst burst "$FLOOR_BURST_DELAY"
+    fi
   fi
-  guarded ingest "$system" "$up" "$down"
-  guarded rooms "$system" "$up" "$down"
-  guarded idle "$system" "$up" "$down" 8000
-  guarded idle "$system" "$up" "$down" 10000
-  if [[ $system == chat ]]; then guarded idle_one; fi
+  wanted ingest && guarded ingest "$system" "$up" "$down"
+  wanted rooms && guarded rooms "$system" "$up" "$down"
+  if wanted idle; then
+    guarded idle "$system" "$up" "$down" 8000
+    guarded idle "$system" "$up" "$down" 10000
+    if [[ $system == chat ]]; then guarded idle_one; fi
+  fi
 done
-guarded broker_alone
+wanted broker && guarded broker_alone
 
 ELAPSED=$SECONDS
 

@@ -40,6 +40,11 @@ pub fn say(room: &str, text: &str) -> String {
     json!({"type": "say", "room": room, "text": text}).to_string()
 }
 
+/// `typing` with `state` `start` or `stop` (no ack comes back).
+pub fn typing(room: &str, state: &str) -> String {
+    json!({"type": "typing", "room": room, "state": state}).to_string()
+}
+
 /// A server frame, by its `type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -51,6 +56,8 @@ pub enum Frame {
     Event,
     Ack,
     Left,
+    /// `presence`, `presence_diff` or `typing`: who is online or typing in a joined room.
+    Presence,
     Error {
         code: String,
     },
@@ -85,6 +92,7 @@ pub fn classify(frame: &str) -> Frame {
         "event" => Frame::Event,
         "ack" => Frame::Ack,
         "left" => Frame::Left,
+        "presence" | "presence_diff" | "typing" => Frame::Presence,
         _ => Frame::Other,
     }
 }
@@ -124,6 +132,13 @@ mod tests {
                 code: "unavailable".into()
             }
         );
+        for ambient in [
+            r#"{"type":"presence","room":"a","count":5234}"#,
+            r#"{"type":"presence_diff","room":"a","joins":[],"leaves":["c"]}"#,
+            r#"{"type":"typing","room":"a","users":["b"],"names":["B"],"ttl_ms":6000}"#,
+        ] {
+            assert_eq!(classify(ambient), Frame::Presence, "{ambient}");
+        }
         assert_eq!(classify("not json"), Frame::Other);
     }
 
@@ -134,6 +149,11 @@ mod tests {
         assert_eq!(v["text"], "a\"b");
         let v: serde_json::Value = serde_json::from_str(&join("r1", "alice")).unwrap();
         assert_eq!(v["name"], "alice");
+        let v: serde_json::Value = serde_json::from_str(&typing("r1", "stop")).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["state"].as_str()),
+            (Some("typing"), Some("stop"))
+        );
         let v: serde_json::Value = serde_json::from_str(&auth("a.b.c")).unwrap();
         assert_eq!(
             (v["type"].as_str(), v["token"].as_str()),

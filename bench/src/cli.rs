@@ -115,6 +115,24 @@ pub struct ScenarioArgs {
     /// each gateway's CPU beside it.
     #[arg(long)]
     pub consumed: bool,
+    #[command(flatten)]
+    pub ambient: AmbientArgs,
+}
+
+/// Presence and typing going on in the rooms while the messages are measured (chat only).
+#[derive(Debug, Clone, Args)]
+pub struct AmbientArgs {
+    /// Extra clients that keep typing (start, start again after --typing-every, stop half
+    /// an interval later, as the page does), over the rooms and gateways in turn.
+    #[arg(long, default_value_t = 0)]
+    pub typists: usize,
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub typing_every: Duration,
+    /// Extra clients that stay --churn-every, leave, stay away as long and join again.
+    #[arg(long, default_value_t = 0)]
+    pub churners: usize,
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    pub churn_every: Duration,
 }
 
 /// The processes whose CPU and memory are reported.

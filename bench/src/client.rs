@@ -50,6 +50,8 @@ pub enum Incoming {
     Error(String),
     /// The server ends the session.
     Closing,
+    /// Presence or typing in a joined room (`presence`, `presence_diff`, `typing`).
+    Ambient,
     /// Nothing to count (hello, joined, other events, pongs).
     Other,
 }
@@ -225,6 +227,7 @@ impl Client {
             Dialect::Chat => match chat_client::classify(frame) {
                 Frame::Event => Marker::find(frame).map_or(Incoming::Other, Incoming::Delivery),
                 Frame::Ack => Incoming::Ack,
+                Frame::Presence => Incoming::Ambient,
                 Frame::Error { code } => Incoming::Error(code),
                 _ => Incoming::Other,
             },

@@ -16,7 +16,7 @@ use crate::cli::{
     LadderArgs, LoadArgs, ScenarioArgs, TargetArgs,
 };
 use crate::client::{self, Dialect};
-use crate::load::{ConnectReport, Layout, Pool, Window};
+use crate::load::{Ambient, ConnectReport, Layout, Pool, Window};
 use crate::output::Record;
 use crate::procfs::{self, CpuUsed, Watched};
 use crate::routing;
@@ -72,7 +72,18 @@ fn scenario_fields(r: &mut Record, label: &str, s: &ScenarioArgs) {
         .put("receivers", s.receivers)
         .put("senders", s.senders)
         .put("rooms", s.rooms)
-        .put("payload", s.payload);
+        .put("payload", s.payload)
+        .put("typists", s.ambient.typists)
+        .put("churners", s.ambient.churners);
+}
+
+fn ambient(s: &ScenarioArgs) -> Ambient {
+    Ambient {
+        typists: s.ambient.typists,
+        typing_every: s.ambient.typing_every,
+        churners: s.ambient.churners,
+        churn_every: s.ambient.churn_every,
+    }
 }
 
 /// How the clients signed in: `token`, or `open` (self-chosen names).
@@ -165,7 +176,14 @@ fn window_fields(r: &mut Record, w: &Window) {
         .put("acks", w.acks)
         .put("errors", w.errors)
         .put("disconnects", w.disconnects)
-        .put("error_codes", codes(&w.error_codes));
+        .put("error_codes", codes(&w.error_codes))
+        .put("typing_sent", w.typing_sent)
+        .put("ambient_frames", w.ambient_frames)
+        .put(
+            "ambient_frames_per_s",
+            per(w.ambient_frames as f64, seconds),
+        )
+        .put("rejoins", w.rejoins);
     cpu_fields(r, &w.cpu, w.received, w.sent);
 }
 
@@ -269,6 +287,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<Record> {
         s.target.dialect.name()
     );
     let (pool, connected) = Pool::connect(layout, s.connect_concurrency, s.connect_timeout).await;
+    pool.start_ambient(&ambient(s))?;
     eprintln!(
         "[{}] {} connected in {:.1}s; sending {} msg/s for {:?}",
         args.out.label, connected.connected, connected.seconds, s.rate, s.duration
@@ -319,6 +338,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<Record> {
         s.target.dialect.name()
     );
     let (pool, connected) = Pool::connect(layout, s.connect_concurrency, s.connect_timeout).await;
+    pool.start_ambient(&ambient(s))?;
     let p99 = args.ladder.p99_ms;
     let search = capacity::search(
         ladder(s.rate, &args.ladder),

@@ -65,6 +65,30 @@ fn of_floor(results: &BTreeMap<String, Value>) -> Outcome {
     }
 }
 
+/// Ours with presence and typing active in the fanout room against the same fanout quiet
+/// (issue 10: within 10 %), for one key where `higher` says which way is better.
+fn active_against_quiet(
+    results: &BTreeMap<String, Value>,
+    target: &str,
+    scenario: &str,
+    key: &str,
+    higher: bool,
+) -> Outcome {
+    let ours = get(results, &format!("chat-{scenario}-active"), key);
+    let reference = get(results, &format!("chat-{scenario}"), key);
+    let ratio = match (ours, reference) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    };
+    Outcome {
+        target: target.to_owned(),
+        ours,
+        reference,
+        ratio,
+        met: ratio.map(|r| if higher { r >= 0.9 } else { r <= 1.1 }),
+    }
+}
+
 /// Every target the issue sets, in its order.
 pub fn evaluate(results: &BTreeMap<String, Value>) -> Vec<Outcome> {
     let mut out = vec![
@@ -154,6 +178,20 @@ pub fn evaluate(results: &BTreeMap<String, Value>) -> Vec<Outcome> {
             _ => None,
         },
     });
+    out.push(active_against_quiet(
+        results,
+        "fanout with presence and typing active: CPU per delivery (µs) within 10% of the quiet fanout's",
+        "fanout",
+        "cpu_us_per_delivery",
+        false,
+    ));
+    out.push(active_against_quiet(
+        results,
+        "fanout with presence and typing active: capacity (messages/s) within 10% of the quiet fanout's",
+        "fanout-capacity",
+        "capacity_rate",
+        true,
+    ));
     let held = get(results, "chat-idle-one-10000", "still_connected");
     let errors = get(results, "chat-idle-one-10000", "connect_errors");
     out.push(Outcome {

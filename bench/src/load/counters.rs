@@ -23,6 +23,12 @@ pub(super) struct Shared {
     pub frames: AtomicU64,
     /// Deliveries of a message from another window than the current one.
     pub stale: AtomicU64,
+    /// Presence and typing frames received (`presence`, `presence_diff`, `typing`).
+    pub ambient_frames: AtomicU64,
+    /// `typing` frames the ambient typists sent.
+    pub typing_sent: AtomicU64,
+    /// Times an ambient churner left (and then joined again).
+    pub rejoins: AtomicU64,
     /// Error codes seen, with counts (errors are rare: a mutex is fine).
     error_codes: Mutex<BTreeMap<String, u64>>,
 }
@@ -40,6 +46,9 @@ impl Shared {
             stale: self.stale.load(Ordering::Relaxed),
             disconnects: self.disconnects.load(Ordering::Relaxed),
             connect_errors: self.connect_errors.load(Ordering::Relaxed),
+            ambient_frames: self.ambient_frames.load(Ordering::Relaxed),
+            typing_sent: self.typing_sent.load(Ordering::Relaxed),
+            rejoins: self.rejoins.load(Ordering::Relaxed),
             error_codes: self
                 .error_codes
                 .lock()
@@ -58,6 +67,12 @@ pub struct Counters {
     pub disconnects: u64,
     /// Failed connection attempts.
     pub connect_errors: u64,
+    /// Presence and typing frames received.
+    pub ambient_frames: u64,
+    /// `typing` frames sent by the ambient typists.
+    pub typing_sent: u64,
+    /// Ambient churners' leaves (each followed by a join).
+    pub rejoins: u64,
     /// Error codes seen, with counts; codes with no new occurrence are left out of a
     /// difference.
     pub error_codes: BTreeMap<String, u64>,
@@ -71,6 +86,9 @@ impl Sub for &Counters {
             stale: self.stale.saturating_sub(earlier.stale),
             disconnects: self.disconnects.saturating_sub(earlier.disconnects),
             connect_errors: self.connect_errors.saturating_sub(earlier.connect_errors),
+            ambient_frames: self.ambient_frames.saturating_sub(earlier.ambient_frames),
+            typing_sent: self.typing_sent.saturating_sub(earlier.typing_sent),
+            rejoins: self.rejoins.saturating_sub(earlier.rejoins),
             error_codes: self
                 .error_codes
                 .iter()
@@ -98,6 +116,7 @@ mod tests {
         shared.error("connect:refused");
         shared.disconnects.fetch_add(2, Ordering::Relaxed);
         shared.stale.fetch_add(1, Ordering::Relaxed);
+        shared.typing_sent.fetch_add(4, Ordering::Relaxed);
         let window = &shared.snapshot() - &before;
         assert_eq!(
             window,
@@ -105,9 +124,11 @@ mod tests {
                 stale: 1,
                 disconnects: 2,
                 connect_errors: 0,
+                typing_sent: 4,
                 error_codes: [("connect:refused".into(), 1), ("rate_limited".into(), 1)]
                     .into_iter()
                     .collect(),
+                ..Counters::default()
             }
         );
         assert_eq!(&before - &before, Counters::default());

@@ -2,8 +2,10 @@
 //! the gateway URLs and the rooms, kept connected (a dropped client reconnects), and
 //! measured windows in which the senders together send at a fixed total rate, each on its
 //! own schedule, while the receivers count and time every delivery. Who goes where and
-//! when is `layout`; one client's life is `slot`; the pool's counters are `counters`.
+//! when is `layout`; one client's life is `slot`; the pool's counters are `counters`;
+//! typists and churners that keep presence and typing busy are `ambient`.
 
+mod ambient;
 mod counters;
 mod layout;
 mod slot;
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::procfs::{CpuUsed, Watched};
 use crate::stats::{Histogram, WindowStats};
+pub use ambient::Ambient;
 pub use counters::Counters;
 use counters::Shared;
 use layout::Plan;
@@ -62,6 +65,11 @@ pub struct Window {
     pub cpu: CpuUsed,
     /// For each gateway (URL order), the messages sent in the rooms it serves.
     pub own_traffic: Vec<u64>,
+    /// Presence and typing frames the clients received, `typing` frames the typists sent
+    /// and churners' leaves, from the start of sending to the end of the window.
+    pub ambient_frames: u64,
+    pub typing_sent: u64,
+    pub rejoins: u64,
 }
 
 impl Window {
@@ -121,6 +129,18 @@ impl Pool {
             error_codes: pool.shared.snapshot().error_codes,
         };
         (pool, report)
+    }
+
+    /// Starts the typists and churners of `ambient` in the pool's rooms (they connect in
+    /// the background and run until the pool closes).
+    pub fn start_ambient(&self, ambient: &Ambient) -> anyhow::Result<()> {
+        ambient::spawn(
+            ambient,
+            &self.layout,
+            &self.shared,
+            &self.shutdown,
+            &self.tasks,
+        )
     }
 
     /// Waits until every client is connected (reconnects included), up to `timeout`;
@@ -218,6 +238,9 @@ impl Pool {
             elapsed,
             cpu,
             own_traffic: self.layout.own_traffic(&stats),
+            ambient_frames: counted.ambient_frames,
+            typing_sent: counted.typing_sent,
+            rejoins: counted.rejoins,
         }
     }
 

@@ -144,8 +144,15 @@ impl Slot {
         frame: &str,
         stats: &WindowStats,
     ) -> Result<Incoming, String> {
-        self.shared.frames.fetch_add(1, Ordering::Relaxed);
-        match client.classify(frame) {
+        let incoming = client.classify(frame);
+        // Presence and typing never stop in an active room: counted apart, so that waiting
+        // for quiet before a window waits for the messages and joins only.
+        let counter = match incoming {
+            Incoming::Ambient => &self.shared.ambient_frames,
+            _ => &self.shared.frames,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match incoming {
             Incoming::Ping => {
                 client
                     .send(crate::socketio::PONG.to_owned())
@@ -287,7 +294,7 @@ impl Slot {
 }
 
 /// The first words of an error, without spaces, for error-code counts.
-fn short(text: &str) -> String {
+pub(super) fn short(text: &str) -> String {
     text.split_whitespace()
         .take(4)
         .collect::<Vec<_>>()
