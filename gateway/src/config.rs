@@ -134,6 +134,11 @@ pub struct Config {
     /// milliseconds (the `ttl_ms` clients get).
     #[arg(long, env = "TYPING_TTL_MS", default_value_t = 6000)]
     pub typing_ttl_ms: u64,
+    /// Least time between two `typing` frames to a room's members, in milliseconds: the
+    /// first change goes out at once, later ones within this time in one frame at its end
+    /// (0: every change at once).
+    #[arg(long, env = "TYPING_FLUSH_MS", default_value_t = 500)]
+    pub typing_flush_ms: u64,
 }
 
 /// The largest `MAX_NAME` and `MAX_TEXT` that every consumer accepts.
@@ -184,8 +189,8 @@ impl Config {
              must not expire a live gateway)"
         );
         anyhow::ensure!(
-            self.typing_ttl_ms >= 1000,
-            "TYPING_TTL_MS must be at least 1000"
+            self.typing_ttl_ms >= 1000 && self.typing_flush_ms <= self.typing_ttl_ms / 2,
+            "TYPING_TTL_MS must be at least 1000 and TYPING_FLUSH_MS at most half of it"
         );
         anyhow::ensure!(
             self.history_limit <= chat_core::history::MAX_HISTORY,
@@ -292,6 +297,7 @@ impl Config {
             heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
             flush: Duration::from_millis(self.presence_flush_ms),
             typing_ttl: Duration::from_millis(self.typing_ttl_ms),
+            typing_flush: Duration::from_millis(self.typing_flush_ms),
             rules: crate::presence::table::Rules {
                 ttl: Duration::from_millis(self.presence_ttl_ms),
                 grace: Duration::from_millis(self.presence_grace_ms),

@@ -9,7 +9,10 @@
 //! Local clients get `presence` after `joined`, then `presence_diff` at most once per flush
 //! (a leave only after `PRESENCE_GRACE_MS`, so a quick reconnect does not flicker), or only
 //! counts above `PRESENCE_MAX_LIST` users. Typing is relayed on the same exchange and
-//! delivered as the room's current typers with a time to live.
+//! delivered as the room's current typers with a time to live, at most one `typing` frame
+//! per room per `TYPING_FLUSH_MS`: the first change goes out at once, later ones within the
+//! interval are folded into one frame at its end, so a room where many type costs its
+//! members a few frames a second, not one per keystroke burst of each typer.
 
 pub(crate) mod table;
 pub mod wire;
@@ -49,6 +52,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub flush: Duration,
     pub typing_ttl: Duration,
+    /// Least time between two `typing` frames to one room's members.
+    pub typing_flush: Duration,
     pub rules: Rules,
 }
 
@@ -61,8 +66,25 @@ struct TypingNotice {
     typing: bool,
 }
 
-/// Who is typing in one room, until when.
+/// Who is typing in one room (user id to display name and end of their time to live).
 type Typers = HashMap<String, (String, Instant)>;
+
+/// One room's typers and when its members were last told.
+#[derive(Debug, Default)]
+struct RoomTyping {
+    typers: Typers,
+    /// When the room's local members last got a `typing` frame.
+    told_at: Option<Instant>,
+    /// The typers changed (or renewed) since then: a frame is owed.
+    pending: bool,
+}
+
+impl RoomTyping {
+    /// Whether a frame owed may go out at `now`.
+    fn due(&self, now: Instant, spacing: Duration) -> bool {
+        self.pending && self.told_at.is_none_or(|at| now >= at + spacing)
+    }
+}
 
 /// The presence state shared by the connections and the presence task.
 #[derive(Debug)]
@@ -71,7 +93,7 @@ pub struct Presence {
     boot: String,
     settings: Settings,
     table: Mutex<Table>,
-    typers: Mutex<HashMap<String, Typers>>,
+    typers: Mutex<HashMap<String, RoomTyping>>,
     typing_tx: mpsc::Sender<TypingNotice>,
     typing_rx: Mutex<Option<mpsc::Receiver<TypingNotice>>>,
 }
@@ -191,7 +213,9 @@ impl Presence {
         self.apply_typing(rooms, room, user, name, typing, Instant::now());
     }
 
-    /// Records a typing notice and sends the room's typers to its local members.
+    /// Records a typing notice, and sends the room's typers to its local members now if
+    /// the room was not told within `typing_flush` (else [`Presence::flush_typing`] does,
+    /// when that time is up).
     fn apply_typing(
         &self,
         rooms: &Rooms,
@@ -202,25 +226,31 @@ impl Presence {
         now: Instant,
     ) {
         let mut all = self.typers.lock().unwrap_or_else(|e| e.into_inner());
-        let typers = all.entry(room.to_owned()).or_default();
         let changed = if typing {
             // A repeated start is sent on too: it renews the clients' time to live.
-            typers.insert(
+            let entry = all.entry(room.to_owned()).or_default();
+            entry.typers.insert(
                 user.to_owned(),
                 (name.to_owned(), now + self.settings.typing_ttl),
             );
             true
         } else {
-            typers.remove(user).is_some()
+            all.get_mut(room)
+                .is_some_and(|entry| entry.typers.remove(user).is_some())
         };
-        if changed {
-            let frame = self.typing_frame(room, typers);
-            if typers.is_empty() {
-                all.remove(room);
-            }
-            drop(all);
-            rooms.send_to_room(room, frame);
+        if !changed {
+            return;
         }
+        let entry = all.get_mut(room).expect("a changed room has an entry");
+        entry.pending = true;
+        if !entry.due(now, self.settings.typing_flush) {
+            return;
+        }
+        entry.pending = false;
+        entry.told_at = Some(now);
+        let frame = self.typing_frame(room, &entry.typers);
+        drop(all);
+        rooms.send_to_room(room, frame);
     }
 
     fn typing_frame(&self, room: &str, typers: &Typers) -> Bytes {
@@ -238,18 +268,29 @@ impl Presence {
         frame::text(&serde_json::to_string(&message).expect("typing serialises"))
     }
 
-    /// Drops typers whose time to live ended and tells their rooms.
-    fn expire_typing(&self, rooms: &Rooms, now: Instant) {
+    /// Drops typers whose time to live ended, sends each room whose frame is owed and due
+    /// its typers, and forgets rooms with nobody typing that were told long enough ago.
+    fn flush_typing(&self, rooms: &Rooms, now: Instant) {
+        let spacing = self.settings.typing_flush;
         let mut frames = Vec::new();
         {
             let mut all = self.typers.lock().unwrap_or_else(|e| e.into_inner());
-            all.retain(|room, typers| {
-                let before = typers.len();
-                typers.retain(|_, (_, until)| *until > now);
-                if typers.len() != before {
-                    frames.push((room.clone(), self.typing_frame(room, typers)));
+            all.retain(|room, entry| {
+                let before = entry.typers.len();
+                entry.typers.retain(|_, (_, until)| *until > now);
+                if entry.typers.len() != before {
+                    entry.pending = true;
                 }
-                !typers.is_empty()
+                if entry.due(now, spacing) {
+                    entry.pending = false;
+                    entry.told_at = Some(now);
+                    frames.push((room.clone(), self.typing_frame(room, &entry.typers)));
+                }
+                // An empty room is kept while its last frame is recent, so that a start
+                // right after a stop still waits for the spacing.
+                !entry.typers.is_empty()
+                    || entry.pending
+                    || entry.told_at.is_some_and(|at| now < at + spacing)
             });
         }
         for (room, frame) in frames {
@@ -332,6 +373,9 @@ impl Session for PresenceSession {
         let mut next_heartbeat = Instant::now();
         let mut tick = tokio::time::interval(settings.flush);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Typing frames held back by the spacing go out within a tenth of it.
+        let mut typing_tick = tokio::time::interval(typing_tick(settings.typing_flush));
+        typing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -403,6 +447,7 @@ impl Session for PresenceSession {
                     }
                     flush(presence, rooms, now);
                 }
+                _ = typing_tick.tick() => presence.flush_typing(rooms, Instant::now()),
             }
         }
     }
@@ -448,7 +493,13 @@ fn receive(presence: &Presence, rooms: &Rooms, data: &[u8]) -> bool {
     applied == table::Applied::NewPeer
 }
 
-/// Expires silent gateways and typers, and sends each watched room what changed.
+/// How often held-back typing frames and expiries are looked at: a tenth of the spacing,
+/// between 20 ms and 250 ms.
+fn typing_tick(spacing: Duration) -> Duration {
+    (spacing / 10).clamp(Duration::from_millis(20), Duration::from_millis(250))
+}
+
+/// Expires silent gateways, and sends each watched room what changed.
 fn flush(presence: &Presence, rooms: &Rooms, now: Instant) {
     let watched: HashSet<String> = rooms.names().iter().map(|r| r.to_string()).collect();
     let changes = {
@@ -462,7 +513,6 @@ fn flush(presence: &Presence, rooms: &Rooms, now: Instant) {
     for (room, change) in changes {
         rooms.send_to_room(&room, frame::text(&change_message(&room, &change)));
     }
-    presence.expire_typing(rooms, now);
 }
 
 /// Publishes a presence message, giving up after [`PUBLISH_WAIT`]: while a memory or disk
@@ -500,4 +550,124 @@ async fn publish_now(
         .await
         .context("Failed to publish presence")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::rooms::{Member, Outbound};
+
+    const SPACING: Duration = Duration::from_millis(500);
+
+    fn presence() -> Presence {
+        Presence::new(
+            "gw-test",
+            Settings {
+                heartbeat: Duration::from_secs(10),
+                flush: Duration::from_secs(1),
+                typing_ttl: Duration::from_secs(6),
+                typing_flush: SPACING,
+                rules: Rules {
+                    ttl: Duration::from_secs(30),
+                    grace: Duration::from_secs(5),
+                    max_list: 200,
+                },
+            },
+        )
+    }
+
+    /// A room with one local member; returns what it has been sent so far, as the
+    /// `users` of each `typing` frame.
+    fn room_with_a_member() -> (Rooms, impl FnMut() -> Vec<Vec<String>>) {
+        let rooms = Rooms::new(200);
+        let (outbox, mut queue) = crate::outbox::channel(64);
+        let member = Member {
+            outbox,
+            kick: CancellationToken::new(),
+            user: None,
+            name: Arc::from("watcher"),
+            admin: false,
+        };
+        rooms.join("lobby", rooms.next_conn_id(), member);
+        let sent = move || {
+            let mut batch = VecDeque::new();
+            queue.take_queued(&mut batch);
+            batch
+                .into_iter()
+                .filter_map(|item| match item {
+                    Outbound::Event(shared) => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(server_payload(&shared.frame)).ok()?;
+                        (v["type"] == "typing").then(|| {
+                            v["users"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|u| u.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        (rooms, sent)
+    }
+
+    /// The payload of an unmasked server frame (RFC 6455 §5.2).
+    fn server_payload(frame: &[u8]) -> &[u8] {
+        let header = match frame[1] & 0x7F {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        &frame[header..]
+    }
+
+    #[test]
+    fn typing_changes_within_the_spacing_reach_a_room_as_one_frame_at_its_end() {
+        let p = presence();
+        let (rooms, mut sent) = room_with_a_member();
+        let t0 = Instant::now();
+        // The first start goes out at once.
+        p.apply_typing(&rooms, "lobby", "alice", "Alice", true, t0);
+        assert_eq!(sent(), [vec!["alice".to_owned()]]);
+        // Three more changes within the spacing: held back, then one frame with the result.
+        let ms = Duration::from_millis;
+        p.apply_typing(&rooms, "lobby", "bob", "Bob", true, t0 + ms(100));
+        p.apply_typing(&rooms, "lobby", "carol", "Carol", true, t0 + ms(200));
+        p.apply_typing(&rooms, "lobby", "alice", "Alice", false, t0 + ms(300));
+        p.flush_typing(&rooms, t0 + ms(400));
+        assert!(sent().is_empty(), "nothing before the spacing is up");
+        p.flush_typing(&rooms, t0 + ms(500));
+        assert_eq!(sent(), [vec!["bob".to_owned(), "carol".to_owned()]]);
+        // Nothing owed: nothing sent.
+        p.flush_typing(&rooms, t0 + ms(1200));
+        assert!(sent().is_empty());
+        // A change after a quiet spell goes out at once again.
+        p.apply_typing(&rooms, "lobby", "bob", "Bob", false, t0 + ms(1300));
+        assert_eq!(sent(), [vec!["carol".to_owned()]]);
+        // A stop of someone not typing changes nothing and owes nothing.
+        p.apply_typing(&rooms, "lobby", "dave", "Dave", false, t0 + ms(1400));
+        p.flush_typing(&rooms, t0 + ms(2000));
+        assert!(sent().is_empty());
+    }
+
+    #[test]
+    fn a_typer_whose_time_ran_out_is_dropped_and_the_room_told() {
+        let p = presence();
+        let (rooms, mut sent) = room_with_a_member();
+        let t0 = Instant::now();
+        p.apply_typing(&rooms, "lobby", "alice", "Alice", true, t0);
+        assert_eq!(sent().len(), 1);
+        p.flush_typing(&rooms, t0 + Duration::from_millis(5_900));
+        assert!(sent().is_empty());
+        p.flush_typing(&rooms, t0 + Duration::from_millis(6_000));
+        assert_eq!(sent(), [Vec::<String>::new()]);
+        // Told and empty: the room is forgotten once the spacing is over.
+        p.flush_typing(&rooms, t0 + Duration::from_millis(6_600));
+        assert!(p.typers.lock().unwrap().is_empty());
+    }
 }
