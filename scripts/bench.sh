@@ -18,7 +18,9 @@
 #
 # Environment: PEER_DIR (the peer's sources, default ../shared/peers/seed-socketio),
 # AMQP_URL (a broker to use instead of the local one), KEEP_WORK=1 (keep the temp dir),
-# FLOOR_BURST_DELAY (the floor's write delay per burst, default 5ms).
+# FLOOR_BURST_DELAY (the floor's write delay per burst, default 5ms), CAPACITY_FACTOR (the
+# fanout capacity searches' step, default 1.25; 1.1 tells closer figures apart),
+# ACTIVE_TYPISTS and ACTIVE_CHURNERS (the 'active' scenario's, default 25 and 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -53,6 +55,7 @@ OUR_GATEWAYS=(4101 4102)
 ARCHIVER_PORT=4100
 LOGGER_PORT=4200
 PEER_PORTS=(4201 4202)
+CAPACITY_FACTOR=${CAPACITY_FACTOR:-1.25}
 # Our gateways' rate limit (20/s, burst 40 by default) would refuse the senders' load.
 BENCH_RATE_LIMIT=1000000
 
@@ -290,7 +293,7 @@ fanout() {
     --rate 100 --duration "$WINDOW" --pids "$PIDS" "${BROKER_ARGS[@]}" --label fanout
   bench "$system-fanout-capacity" capacity "${URLS[@]}" --receivers 500 --senders 4 \
     --rooms 1 --rate 100 --duration "$STEP" --drain 3s --max-steps "$MAX_STEPS" \
-    --pids "$PIDS" "${BROKER_ARGS[@]}" --label fanout-capacity
+    --factor "$CAPACITY_FACTOR" --pids "$PIDS" "${BROKER_ARGS[@]}" --label fanout-capacity
   $3
 }
 
@@ -298,7 +301,8 @@ fanout() {
 # peer has neither): 25 typists (5 % of the room) and 10 churners that leave and come back.
 active() {
   urls_of chat
-  local ambient=(--typists 25 --typing-every 3s --churners 10 --churn-every 8s)
+  local ambient=(--typists "${ACTIVE_TYPISTS:-25}" --typing-every 3s
+    --churners "${ACTIVE_CHURNERS:-10}" --churn-every 8s)
   step "chat: fanout with presence and typing active (500 receivers, 4 senders, 100 msg/s; ${ambient[*]})"
   start_ours
   bench chat-fanout-active load "${URLS[@]}" --receivers 500 --senders 4 --rooms 1 \
@@ -306,7 +310,8 @@ active() {
     --label fanout-active
   bench chat-fanout-capacity-active capacity "${URLS[@]}" --receivers 500 --senders 4 \
     --rooms 1 --rate 100 --duration "$STEP" --drain 3s --max-steps "$MAX_STEPS" \
-    "${ambient[@]}" --pids "$PIDS" "${BROKER_ARGS[@]}" --label fanout-capacity-active
+    --factor "$CAPACITY_FACTOR" "${ambient[@]}" --pids "$PIDS" "${BROKER_ARGS[@]}" \
+    --label fanout-capacity-active
   stop_ours
 }
 

@@ -111,7 +111,7 @@ const TABLES: &[Table] = &[
         rows: WINDOW_ROWS,
     },
     Table {
-        title: "Fanout capacity: from 100 messages/s up by 1.25x",
+        title: "Fanout capacity: from 100 messages/s up by 1.25x (CAPACITY_FACTOR; the steps show the rates tried)",
         scenario: "fanout-capacity",
         note: "Capacity = highest rate with no loss and p99 ≤ 50 ms (a step fails only if it fails twice).",
         rows: CAPACITY_ROWS,
