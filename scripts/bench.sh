@@ -298,17 +298,20 @@ fanout() {
 }
 
 # Issue 10: the fanout again with presence and typing going on in the room (ours only: the
-# peer has neither): 25 typists (5 % of the room) and 10 churners that leave and come back.
+# peer has neither): 25 of the 500 members type (5 %) and 10 leave and come back, so the
+# room is as big as the quiet one's; their deliveries count in the CPU per delivery.
 active() {
   urls_of chat
-  local ambient=(--typists "${ACTIVE_TYPISTS:-25}" --typing-every 3s
-    --churners "${ACTIVE_CHURNERS:-10}" --churn-every 8s)
-  step "chat: fanout with presence and typing active (500 receivers, 4 senders, 100 msg/s; ${ambient[*]})"
+  local typists=${ACTIVE_TYPISTS:-25} churners=${ACTIVE_CHURNERS:-10}
+  local receivers=$((500 - typists - churners))
+  local ambient=(--typists "$typists" --typing-every 3s --churners "$churners" --churn-every 8s)
+  [[ -n ${CHURN_ELSEWHERE:-} ]] && ambient+=(--churn-elsewhere)
+  step "chat: fanout with presence and typing active ($receivers receivers, 4 senders, 100 msg/s; ${ambient[*]})"
   start_ours
-  bench chat-fanout-active load "${URLS[@]}" --receivers 500 --senders 4 --rooms 1 \
+  bench chat-fanout-active load "${URLS[@]}" --receivers "$receivers" --senders 4 --rooms 1 \
     --rate 100 --duration "$WINDOW" "${ambient[@]}" --pids "$PIDS" "${BROKER_ARGS[@]}" \
     --label fanout-active
-  bench chat-fanout-capacity-active capacity "${URLS[@]}" --receivers 500 --senders 4 \
+  bench chat-fanout-capacity-active capacity "${URLS[@]}" --receivers "$receivers" --senders 4 \
     --rooms 1 --rate 100 --duration "$STEP" --drain 3s --max-steps "$MAX_STEPS" \
     --factor "$CAPACITY_FACTOR" "${ambient[@]}" --pids "$PIDS" "${BROKER_ARGS[@]}" \
     --label fanout-capacity-active
@@ -523,6 +526,7 @@ $(if [[ -f bench/REBUILD.md ]]; then cat bench/REBUILD.md; echo; fi)
 $(if [[ -f bench/ARCHIVE-POSTGRES.md ]]; then cat bench/ARCHIVE-POSTGRES.md; echo; fi)
 $(if [[ -f bench/CLUSTER.md ]]; then cat bench/CLUSTER.md; echo; fi)
 $(if [[ -f bench/JOIN-STORM.md ]]; then cat bench/JOIN-STORM.md; echo; fi)
+$(if [[ -f bench/PRESENCE-LOAD.md ]]; then cat bench/PRESENCE-LOAD.md; echo; fi)
 $(if [[ -f bench/LOG-STREAM.md ]]; then cat bench/LOG-STREAM.md; echo; fi)
 $(if [[ -f bench/IDENTITY.md ]]; then cat bench/IDENTITY.md; echo; fi)
 $(if [[ -f bench/ROUTING.md ]]; then cat bench/ROUTING.md; echo; fi)

@@ -264,6 +264,7 @@ impl Baseline {
                 own_traffic: Vec::new(),
                 ambient_frames: 0,
                 typing_sent: 0,
+                ambient_deliveries: 0,
                 rejoins: 0,
             },
             durable_expected: sent * durable_queues,

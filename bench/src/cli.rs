@@ -133,6 +133,10 @@ pub struct AmbientArgs {
     pub churners: usize,
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     pub churn_every: Duration,
+    /// Churners come and go in rooms of their own instead of the measured ones: to tell
+    /// what a join costs the room's members from what it costs the system.
+    #[arg(long)]
+    pub churn_elsewhere: bool,
 }
 
 /// The processes whose CPU and memory are reported.

@@ -83,6 +83,7 @@ fn ambient(s: &ScenarioArgs) -> Ambient {
         typing_every: s.ambient.typing_every,
         churners: s.ambient.churners,
         churn_every: s.ambient.churn_every,
+        churn_elsewhere: s.ambient.churn_elsewhere,
     }
 }
 
@@ -183,8 +184,10 @@ fn window_fields(r: &mut Record, w: &Window) {
             "ambient_frames_per_s",
             per(w.ambient_frames as f64, seconds),
         )
-        .put("rejoins", w.rejoins);
-    cpu_fields(r, &w.cpu, w.received, w.sent);
+        .put("rejoins", w.rejoins)
+        .put("ambient_deliveries", w.ambient_deliveries);
+    // The typists and churners are members too: what they got is delivered work.
+    cpu_fields(r, &w.cpu, w.received + w.ambient_deliveries, w.sent);
 }
 
 fn window_json(w: &Window) -> Value {
@@ -229,7 +232,10 @@ fn search_fields(r: &mut Record, search: &Search<Window>) {
                 .put("capacity_p99_ms", ms(w.latency.percentile(0.99)))
                 .put(
                     "capacity_cpu_us_per_delivery",
-                    per(w.cpu.system * 1e6, w.received as f64),
+                    per(
+                        w.cpu.system * 1e6,
+                        (w.received + w.ambient_deliveries) as f64,
+                    ),
                 )
                 .put(
                     "capacity_cpu_us_per_msg",

@@ -6,9 +6,11 @@
 //! after `typing_every` (the page resends every 3 s), `stop` half an interval later (the
 //! message is sent), then rests half an interval. A churner stays joined for `churn_every`
 //! (the first time a share of it, so that they are staggered), closes, stays away as long (longer than the gateways' presence grace, so its leave is
-//! seen), and joins again. Both read and count every frame they get; their own frames and
-//! the presence and typing frames everyone gets are counted apart from the deliveries, and
-//! the CPU they cost lands in the window like all the rest.
+//! seen), and joins again. Both are members of the room like the receivers: the messages
+//! they get count as deliveries (`ambient_deliveries`, beside the receivers' timed ones), so
+//! that a room of typists and receivers costs per delivery what it really costs. Their own
+//! frames and the presence and typing frames everyone gets are counted apart, and the CPU
+//! they cost lands in the window like all the rest.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct Ambient {
     pub churners: usize,
     /// How long a churner stays, and stays away.
     pub churn_every: Duration,
+    /// Churners use rooms of their own (`<room>-away`), not the measured ones.
+    pub churn_elsewhere: bool,
 }
 
 impl Ambient {
@@ -94,7 +98,12 @@ pub(super) fn spawn(
             index,
             of,
             url: layout.urls[(base + n) % layout.urls.len()].clone(),
-            room: layout.room_name(index % layout.rooms),
+            room: match role {
+                Role::Churner if ambient.churn_elsewhere => {
+                    format!("{}-away", layout.room_name(index % layout.rooms))
+                }
+                _ => layout.room_name(index % layout.rooms),
+            },
             name,
             token,
             ambient: ambient.clone(),
@@ -213,6 +222,11 @@ impl Extra {
             };
             match next {
                 Some(Ok(Message::Text(text))) => match client.classify(&text) {
+                    Incoming::Delivery(_) => {
+                        self.shared
+                            .ambient_deliveries
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     Incoming::Error(code) => self.shared.error(&format!("ambient:{code}")),
                     Incoming::Closing => return Err(Stop::Lost("server_close".into())),
                     _ => {}

@@ -27,6 +27,8 @@ pub(super) struct Shared {
     pub ambient_frames: AtomicU64,
     /// `typing` frames the ambient typists sent.
     pub typing_sent: AtomicU64,
+    /// Messages the ambient clients received (they are members of the room too).
+    pub ambient_deliveries: AtomicU64,
     /// Times an ambient churner left (and then joined again).
     pub rejoins: AtomicU64,
     /// Error codes seen, with counts (errors are rare: a mutex is fine).
@@ -48,6 +50,7 @@ impl Shared {
             connect_errors: self.connect_errors.load(Ordering::Relaxed),
             ambient_frames: self.ambient_frames.load(Ordering::Relaxed),
             typing_sent: self.typing_sent.load(Ordering::Relaxed),
+            ambient_deliveries: self.ambient_deliveries.load(Ordering::Relaxed),
             rejoins: self.rejoins.load(Ordering::Relaxed),
             error_codes: self
                 .error_codes
@@ -71,6 +74,8 @@ pub struct Counters {
     pub ambient_frames: u64,
     /// `typing` frames sent by the ambient typists.
     pub typing_sent: u64,
+    /// Messages delivered to the ambient clients.
+    pub ambient_deliveries: u64,
     /// Ambient churners' leaves (each followed by a join).
     pub rejoins: u64,
     /// Error codes seen, with counts; codes with no new occurrence are left out of a
@@ -88,6 +93,9 @@ impl Sub for &Counters {
             connect_errors: self.connect_errors.saturating_sub(earlier.connect_errors),
             ambient_frames: self.ambient_frames.saturating_sub(earlier.ambient_frames),
             typing_sent: self.typing_sent.saturating_sub(earlier.typing_sent),
+            ambient_deliveries: self
+                .ambient_deliveries
+                .saturating_sub(earlier.ambient_deliveries),
             rejoins: self.rejoins.saturating_sub(earlier.rejoins),
             error_codes: self
                 .error_codes

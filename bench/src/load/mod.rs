@@ -69,6 +69,8 @@ pub struct Window {
     /// and churners' leaves, from the start of sending to the end of the window.
     pub ambient_frames: u64,
     pub typing_sent: u64,
+    /// Messages the typists and churners received: deliveries too, not timed.
+    pub ambient_deliveries: u64,
     pub rejoins: u64,
 }
 
@@ -240,6 +242,7 @@ impl Pool {
             own_traffic: self.layout.own_traffic(&stats),
             ambient_frames: counted.ambient_frames,
             typing_sent: counted.typing_sent,
+            ambient_deliveries: counted.ambient_deliveries,
             rejoins: counted.rejoins,
         }
     }
