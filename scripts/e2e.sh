@@ -44,20 +44,42 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-archiver_port=$(free_port); logger_port=$(free_port); gw1=$(free_port); gw2=$(free_port)
-tgw1=$(free_port); tgw2=$(free_port)
+# Each service listens on port 0 and the port the kernel gave it is read from its start-up
+# line (`listen=` for gateways, `http=` for the archiver and the logger): no free-port
+# guess that another process could take in between.
+bound_port() { # log file, field
+  local i found
+  for ((i = 0; i < 150; i++)); do
+    found=$(grep -o -m1 " $2=127\.0\.0\.1:[0-9]*" "$1" 2>/dev/null || true)
+    if [[ -n $found ]]; then
+      echo "${found##*:}"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "no '$2=' address in $1 after 30 s" >&2
+  tail -n 20 "$1" >&2
+  return 1
+}
+# The start-up lines are at info level, whatever RUST_LOG asks for otherwise.
+export RUST_LOG="${RUST_LOG:+$RUST_LOG,}gateway=info,archiver=info,logger=info"
 # Two more gateways in token mode on the same broker, for the private-room phase.
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
 step "starting the services (prefix $CHAT_PREFIX)"
-ARCHIVER_LISTEN=127.0.0.1:$archiver_port DATABASE_URL="sqlite://$work/archive.db" "$BIN/archiver" >"$work/archiver.log" 2>&1 & pids+=($!)
-LOGGER_LISTEN=127.0.0.1:$logger_port LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
-GATEWAY_LISTEN=127.0.0.1:$gw1 GATEWAY_ID=gw-e2e-1 "$BIN/gateway" >"$work/gw1.log" 2>&1 & pids+=($!)
+ARCHIVER_LISTEN=127.0.0.1:0 DATABASE_URL="sqlite://$work/archive.db" "$BIN/archiver" >"$work/archiver.log" 2>&1 & pids+=($!)
+LOGGER_LISTEN=127.0.0.1:0 LOG_FILE="$work/chat.log" LOGGER_STDOUT=false "$BIN/logger" >"$work/logger.log" 2>&1 & pids+=($!)
+GATEWAY_LISTEN=127.0.0.1:0 GATEWAY_ID=gw-e2e-1 "$BIN/gateway" >"$work/gw1.log" 2>&1 & pids+=($!)
 gw1_pid=$!
-GATEWAY_LISTEN=127.0.0.1:$gw2 GATEWAY_ID=gw-e2e-2 "$BIN/gateway" >"$work/gw2.log" 2>&1 & pids+=($!)
-AUTH_MODE=token AUTH_SECRET=$secret GATEWAY_LISTEN=127.0.0.1:$tgw1 GATEWAY_ID=gw-e2e-t1 "$BIN/gateway" >"$work/tgw1.log" 2>&1 & pids+=($!)
-AUTH_MODE=token AUTH_SECRET=$secret GATEWAY_LISTEN=127.0.0.1:$tgw2 GATEWAY_ID=gw-e2e-t2 "$BIN/gateway" >"$work/tgw2.log" 2>&1 & pids+=($!)
+GATEWAY_LISTEN=127.0.0.1:0 GATEWAY_ID=gw-e2e-2 "$BIN/gateway" >"$work/gw2.log" 2>&1 & pids+=($!)
+AUTH_MODE=token AUTH_SECRET=$secret GATEWAY_LISTEN=127.0.0.1:0 GATEWAY_ID=gw-e2e-t1 "$BIN/gateway" >"$work/tgw1.log" 2>&1 & pids+=($!)
+AUTH_MODE=token AUTH_SECRET=$secret GATEWAY_LISTEN=127.0.0.1:0 GATEWAY_ID=gw-e2e-t2 "$BIN/gateway" >"$work/tgw2.log" 2>&1 & pids+=($!)
+archiver_port=$(bound_port "$work/archiver.log" http)
+logger_port=$(bound_port "$work/logger.log" http)
+gw1=$(bound_port "$work/gw1.log" listen)
+gw2=$(bound_port "$work/gw2.log" listen)
+tgw1=$(bound_port "$work/tgw1.log" listen)
+tgw2=$(bound_port "$work/tgw2.log" listen)
 for port in $archiver_port $logger_port $gw1 $gw2 $tgw1 $tgw2; do wait_port "$port" 30; done
 mint() { AUTH_SECRET=$secret "$BIN/gateway" token --sub "$1" --name "$2" --ttl 15m; }
 
