@@ -23,16 +23,17 @@ fn get(results: &BTreeMap<String, Value>, name: &str, key: &str) -> Option<f64> 
     results.get(name)?.get(key)?.as_f64()
 }
 
-/// A target on ours / peer for one key of one scenario.
-fn versus_peer(
+/// A target on the ratio of one key of two results (`ours` / `reference`), met as `met`
+/// says.
+fn ratio_of(
     results: &BTreeMap<String, Value>,
     target: &str,
-    scenario: &str,
+    (ours, reference): (&str, &str),
     key: &str,
     met: impl Fn(f64) -> bool,
 ) -> Outcome {
-    let ours = get(results, &format!("chat-{scenario}"), key);
-    let reference = get(results, &format!("socketio-{scenario}"), key);
+    let ours = get(results, ours, key);
+    let reference = get(results, reference, key);
     let ratio = match (ours, reference) {
         (Some(a), Some(b)) if b != 0.0 => Some(a / b),
         _ => None,
@@ -46,23 +47,33 @@ fn versus_peer(
     }
 }
 
+/// A target on ours / peer for one key of one scenario.
+fn versus_peer(
+    results: &BTreeMap<String, Value>,
+    target: &str,
+    scenario: &str,
+    key: &str,
+    met: impl Fn(f64) -> bool,
+) -> Outcome {
+    let names = (format!("chat-{scenario}"), format!("socketio-{scenario}"));
+    ratio_of(results, target, (&names.0, &names.1), key, met)
+}
+
 /// Fanout CPU per delivery against the one-write-per-delivery floor (`chat-bench floor`).
 fn of_floor(results: &BTreeMap<String, Value>) -> Outcome {
-    let ours = get(results, "chat-fanout", "cpu_us_per_delivery");
-    let reference = get(results, "floor-fanout", "cpu_us_per_delivery");
-    let ratio = match (ours, reference) {
-        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
-        _ => None,
-    };
     // A floor that fell behind (lost deliveries: starved on a busy machine) is no floor.
     let kept_up = get(results, "floor-fanout", "lost") == Some(0.0);
-    Outcome {
-        target: "… and within 1.3x of the floor's (one write per delivery)".to_owned(),
-        ours,
-        reference,
-        ratio,
-        met: ratio.filter(|_| kept_up).map(|r| r <= 1.3),
+    let mut outcome = ratio_of(
+        results,
+        "… and within 1.3x of the floor's (one write per delivery)",
+        ("chat-fanout", "floor-fanout"),
+        "cpu_us_per_delivery",
+        |r| r <= 1.3,
+    );
+    if !kept_up {
+        outcome.met = None;
     }
+    outcome
 }
 
 /// Ours with presence and typing active in the fanout room against the same fanout quiet
@@ -74,19 +85,17 @@ fn active_against_quiet(
     key: &str,
     higher: bool,
 ) -> Outcome {
-    let ours = get(results, &format!("chat-{scenario}-active"), key);
-    let reference = get(results, &format!("chat-{scenario}"), key);
-    let ratio = match (ours, reference) {
-        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
-        _ => None,
-    };
-    Outcome {
-        target: target.to_owned(),
-        ours,
-        reference,
-        ratio,
-        met: ratio.map(|r| if higher { r >= 0.9 } else { r <= 1.1 }),
-    }
+    let names = (
+        format!("chat-{scenario}-active"),
+        format!("chat-{scenario}"),
+    );
+    ratio_of(results, target, (&names.0, &names.1), key, |r| {
+        if higher {
+            r >= 0.9
+        } else {
+            r <= 1.1
+        }
+    })
 }
 
 /// Every target the issue sets, in its order.
