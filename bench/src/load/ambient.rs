@@ -5,8 +5,8 @@
 //! A typist sends `typing` as the page does while its user writes: `start`, `start` again
 //! after `typing_every` (the page resends every 3 s), `stop` half an interval later (the
 //! message is sent), then rests half an interval. A churner stays joined for `churn_every`
-//! (the first time a share of it, so that they are staggered), closes, stays away as long (longer than the gateways' presence grace, so its leave is
-//! seen), and joins again. Both are members of the room like the receivers: the messages
+//! (the first time a share of it, so that they are staggered), closes, stays away as long
+//! (longer than the gateways' presence grace, so its leave is seen), and joins again. Both are members of the room like the receivers: the messages
 //! they get count as deliveries (`ambient_deliveries`, beside the receivers' timed ones), so
 //! that a room of typists and receivers costs per delivery what it really costs. Their own
 //! frames and the presence and typing frames everyone gets are counted apart, and the CPU
