@@ -5,12 +5,18 @@
 //! statement here). [`Store`] is the archive the rest of the archiver holds: the backend that
 //! `DATABASE_URL`'s scheme chose. A URL of any other scheme is refused, never guessed at.
 //!
+//! What is the same for every backend is written once: the steps of a write and of a
+//! rebuild in `write` (a backend supplies their statements by implementing `WriteTx` for
+//! its transaction), and how a row reads as an event in `decode`.
+//!
 //! Every backend keeps the same promises: inserts are idempotent by event id, a batch is one
 //! statement and one transaction, rows keep the batch's order (`seq`, the archive order),
 //! and a commit is durable when `insert` returns, since the archiver acks right after.
 
+mod decode;
 pub mod postgres;
 pub mod sqlite;
+mod write;
 
 use std::future::Future;
 

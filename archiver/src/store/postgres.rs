@@ -9,10 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::access::{self, Change, RoomInfo};
-use chat_core::event::{format_time, Event, EventKind, ReactOp, Role, Visibility, SCHEMA_VERSION};
+use chat_core::event::{format_time, Event, Role, Visibility};
 use chat_core::history::TargetMessage;
-use chat_core::projection::{self, Action, MessageState};
+use chat_core::projection::MessageState;
 use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -20,6 +19,8 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 
+use super::decode::{row_to_event, rows_to_access, unselected_is_null, visibility, Columns};
+use super::write::{self, WriteTx};
 use super::{ceil_millis, redact, AccessRow, Database, LookupError, Rebuilt, RoomSummary, Start};
 use crate::search::Query;
 
@@ -57,9 +58,6 @@ macro_rules! projected {
            FROM events AS e LEFT JOIN message_state AS s ON s.id = e.id"#
     };
 }
-
-/// How many messages one projection query reads at once.
-const REFRESH_CHUNK: usize = 500;
 
 impl PgStore {
     /// Opens and migrates the archive; with `create`, creates the database if missing, else
@@ -153,31 +151,12 @@ impl Database for PgStore {
     /// in the same transaction, under the same lock, each folded into the access projection
     /// by the shared rules.
     async fn insert(&self, events: &[Event]) -> Result<u64, sqlx::Error> {
-        let (membership, chat): (Vec<&Event>, Vec<&Event>) =
-            events.iter().partition(|e| e.kind.is_membership());
-        let projected = chat
-            .iter()
-            .any(|e| e.kind.is_action() || e.kind == EventKind::Message);
-        if membership.is_empty() && !projected {
+        if write::chat_only(events) {
+            let chat: Vec<&Event> = events.iter().collect();
             return insert_chat(&self.pool, &chat).await;
         }
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITER_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let mut inserted = if chat.is_empty() {
-            0
-        } else {
-            insert_chat(&mut *tx, &chat).await?
-        };
-        for event in membership {
-            inserted += apply_membership(&mut tx, event).await?;
-        }
-        if projected {
-            let touched = touched_messages(&mut tx, &chat).await?;
-            refresh_messages(&mut tx, &touched).await?;
-        }
+        let inserted = write::insert(&mut tx, events).await?;
         tx.commit().await?;
         Ok(inserted)
     }
@@ -207,47 +186,9 @@ impl Database for PgStore {
     /// generated column of `events`: it follows the stored text by itself.)
     async fn rebuild(&self) -> Result<Rebuilt, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITER_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        for statement in [
-            "DELETE FROM message_state",
-            "DELETE FROM access_rooms",
-            "DELETE FROM access_members",
-            "DELETE FROM access_roles",
-            "UPDATE membership SET applied = false",
-        ] {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        let rows = sqlx::query(
-            r#"SELECT id, type, room, "user", name, guest, visibility, member, role, at, gateway
-               FROM membership ORDER BY seq"#,
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let membership = rows
-            .iter()
-            .map(row_to_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        for event in &membership {
-            fold_membership(&mut tx, event).await?;
-        }
-        let targets: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT target FROM events WHERE target IS NOT NULL ORDER BY target",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let messages = refresh_messages(&mut tx, &targets).await?;
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
+        let rebuilt = write::rebuild(&mut tx).await?;
         tx.commit().await?;
-        Ok(Rebuilt {
-            events: events as u64,
-            membership: membership.len() as u64,
-            messages,
-        })
+        Ok(rebuilt)
     }
 
     async fn membership_after(
@@ -315,27 +256,7 @@ impl Database for PgStore {
             sqlx::query(r#"SELECT room, "user" FROM access_roles WHERE role = 'moderator'"#)
                 .fetch_all(&self.pool)
                 .await?;
-        let mut rows = Vec::with_capacity(rooms.len() + members.len() + moderators.len());
-        for row in rooms {
-            rows.push(AccessRow::Room {
-                room: row.try_get("room")?,
-                visibility: visibility(&row.try_get::<String, _>("visibility")?)?,
-                owner: row.try_get("owner")?,
-            });
-        }
-        for row in members {
-            rows.push(AccessRow::Member {
-                room: row.try_get("room")?,
-                user: row.try_get("user")?,
-            });
-        }
-        for row in moderators {
-            rows.push(AccessRow::Moderator {
-                room: row.try_get("room")?,
-                user: row.try_get("user")?,
-            });
-        }
-        Ok(rows)
+        rows_to_access(&rooms, &members, &moderators)
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>, sqlx::Error> {
@@ -480,363 +401,272 @@ async fn insert_chat<'c>(
     Ok(result.rows_affected())
 }
 
-/// Archives one membership event (once: a repeat changes nothing) and folds it into the
-/// projection with the shared rules; a refused event is kept with `applied = false`.
-async fn apply_membership(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    event: &Event,
-) -> Result<u64, sqlx::Error> {
-    let new = sqlx::query(
-        r#"INSERT INTO membership (id, room, type, "user", name, guest, visibility, member, role,
-                                   at, gateway, applied)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, false)
-           ON CONFLICT (id) DO NOTHING"#,
-    )
-    .bind(&event.id)
-    .bind(&event.room)
-    .bind(event.kind.as_str())
-    .bind(&event.user)
-    .bind(&event.name)
-    .bind(event.guest)
-    .bind(event.visibility.map(Visibility::as_str))
-    .bind(&event.member)
-    .bind(event.role.map(Role::as_str))
-    .bind(event.at)
-    .bind(&event.gateway)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if new == 0 {
-        return Ok(0);
+/// The write path's statements ([`write`]), in PostgreSQL's dialect: every writer takes
+/// [`WRITER_LOCK`] first; lists of ids travel as arrays.
+impl WriteTx for sqlx::Transaction<'_, Postgres> {
+    async fn lock_writers(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITER_LOCK)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
     }
-    fold_membership(tx, event).await?;
-    Ok(1)
-}
 
-/// Folds one archived membership event into the access projection with the shared rules,
-/// and marks it `applied` if they let it change anything.
-async fn fold_membership(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    event: &Event,
-) -> Result<(), sqlx::Error> {
-    let room: Option<(String, String)> =
-        sqlx::query_as("SELECT visibility, owner FROM access_rooms WHERE room = $1")
-            .bind(&event.room)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let author_moderates: bool = match room {
-        Some(_) => {
-            sqlx::query_scalar(
-                r#"SELECT EXISTS (SELECT 1 FROM access_roles
-                 WHERE room = $1 AND "user" = $2 AND role = 'moderator')"#,
-            )
-            .bind(&event.room)
-            .bind(&event.user)
-            .fetch_one(&mut **tx)
-            .await?
-        }
-        None => false,
-    };
-    let info = match &room {
-        Some((v, owner)) => Some(RoomInfo {
-            visibility: visibility(v)?,
-            owner,
-            author_moderates,
-        }),
-        None => None,
-    };
-    let change = match access::decide(info, event) {
-        Ok(change) => change,
-        Err(refusal) => {
-            super::refused(event, &refusal);
-            return Ok(());
-        }
-    };
-    match change {
-        Change::Created { visibility, owner } => {
-            sqlx::query("INSERT INTO access_rooms (room, visibility, owner) VALUES ($1, $2, $3)")
-                .bind(&event.room)
-                .bind(visibility.as_str())
-                .bind(&owner)
-                .execute(&mut **tx)
-                .await?;
-            if visibility == Visibility::Private {
-                add_member(tx, &event.room, &owner).await?;
-            }
-        }
-        Change::Added(member) => add_member(tx, &event.room, &member).await?,
-        Change::Removed(member) => {
-            sqlx::query(r#"DELETE FROM access_members WHERE room = $1 AND "user" = $2"#)
-                .bind(&event.room)
-                .bind(&member)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Change::Granted(member, role) => {
-            sqlx::query(
-                r#"INSERT INTO access_roles (room, "user", role) VALUES ($1, $2, $3)
-                   ON CONFLICT DO NOTHING"#,
-            )
-            .bind(&event.room)
-            .bind(&member)
-            .bind(role.as_str())
-            .execute(&mut **tx)
-            .await?;
-        }
-        Change::Revoked(member, role) => {
-            sqlx::query(
-                r#"DELETE FROM access_roles WHERE room = $1 AND "user" = $2 AND role = $3"#,
-            )
-            .bind(&event.room)
-            .bind(&member)
-            .bind(role.as_str())
-            .execute(&mut **tx)
-            .await?;
-        }
+    async fn insert_chat(&mut self, events: &[&Event]) -> Result<u64, sqlx::Error> {
+        insert_chat(&mut **self, events).await
     }
-    sqlx::query("UPDATE membership SET applied = true WHERE id = $1")
+
+    async fn insert_membership(&mut self, event: &Event) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            r#"INSERT INTO membership (id, room, type, "user", name, guest, visibility, member,
+                                       role, at, gateway, applied)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, false)
+               ON CONFLICT (id) DO NOTHING"#,
+        )
         .bind(&event.id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// The messages whose projection a batch may change: the targets of its actions, and its
-/// messages that actions archived earlier wait for (delivered before their target).
-async fn touched_messages(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    chat: &[&Event],
-) -> Result<Vec<String>, sqlx::Error> {
-    let mut touched: Vec<String> = chat
-        .iter()
-        .filter_map(|e| e.target.clone().filter(|_| e.kind.is_action()))
-        .collect();
-    let messages: Vec<String> = chat
-        .iter()
-        .filter(|e| e.kind == EventKind::Message)
-        .map(|e| e.id.clone())
-        .collect();
-    if !messages.is_empty() {
-        let waiting: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT target FROM events WHERE target = ANY($1)")
-                .bind(&messages)
-                .fetch_all(&mut **tx)
-                .await?;
-        touched.extend(waiting);
+        .bind(&event.room)
+        .bind(event.kind.as_str())
+        .bind(&event.user)
+        .bind(&event.name)
+        .bind(event.guest)
+        .bind(event.visibility.map(Visibility::as_str))
+        .bind(&event.member)
+        .bind(event.role.map(Role::as_str))
+        .bind(event.at)
+        .bind(&event.gateway)
+        .execute(&mut **self)
+        .await?
+        .rows_affected())
     }
-    touched.sort_unstable();
-    touched.dedup();
-    Ok(touched)
-}
 
-/// Folds each of these messages again from its stored message event and every action
-/// targeting it (`chat_core::projection::fold`), writes its `message_state`, and, when it
-/// is deleted, removes its text from the stored message and edit events (and so from the
-/// generated search column). Ids that are not messages are skipped. Returns how many
-/// messages it folded.
-async fn refresh_messages(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    ids: &[String],
-) -> Result<u64, sqlx::Error> {
-    let mut folded = 0;
-    for chunk in ids.chunks(REFRESH_CHUNK) {
-        let messages = sqlx::query(concat!(
+    async fn room_info(
+        &mut self,
+        room: &str,
+        author: &str,
+    ) -> Result<Option<(Visibility, String, bool)>, sqlx::Error> {
+        let row: Option<(String, String, bool)> = sqlx::query_as(
+            r#"SELECT visibility, owner,
+                      EXISTS (SELECT 1 FROM access_roles
+                              WHERE room = $1 AND "user" = $2 AND role = 'moderator')
+               FROM access_rooms WHERE room = $1"#,
+        )
+        .bind(room)
+        .bind(author)
+        .fetch_optional(&mut **self)
+        .await?;
+        row.map(|(v, owner, moderates)| Ok((visibility(&v)?, owner, moderates)))
+            .transpose()
+    }
+
+    async fn create_room(
+        &mut self,
+        room: &str,
+        visibility: Visibility,
+        owner: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO access_rooms (room, visibility, owner) VALUES ($1, $2, $3)")
+            .bind(room)
+            .bind(visibility.as_str())
+            .bind(owner)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_member(&mut self, room: &str, user: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            r#"INSERT INTO access_members (room, "user") VALUES ($1, $2) ON CONFLICT DO NOTHING"#,
+        )
+        .bind(room)
+        .bind(user)
+        .execute(&mut **self)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, room: &str, user: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(r#"DELETE FROM access_members WHERE room = $1 AND "user" = $2"#)
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+
+    async fn grant(&mut self, room: &str, user: &str, role: Role) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            r#"INSERT INTO access_roles (room, "user", role) VALUES ($1, $2, $3)
+               ON CONFLICT DO NOTHING"#,
+        )
+        .bind(room)
+        .bind(user)
+        .bind(role.as_str())
+        .execute(&mut **self)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke(&mut self, room: &str, user: &str, role: Role) -> Result<(), sqlx::Error> {
+        sqlx::query(r#"DELETE FROM access_roles WHERE room = $1 AND "user" = $2 AND role = $3"#)
+            .bind(room)
+            .bind(user)
+            .bind(role.as_str())
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_applied(&mut self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE membership SET applied = true WHERE id = $1")
+            .bind(id)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+
+    async fn awaited(&mut self, messages: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT DISTINCT target FROM events WHERE target = ANY($1)")
+            .bind(messages)
+            .fetch_all(&mut **self)
+            .await
+    }
+
+    async fn messages(&mut self, ids: &[String]) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
             " FROM events WHERE type = 'message' AND id = ANY($1)"
         ))
-        .bind(chunk)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(row_to_event)
-        .collect::<Result<Vec<_>, _>>()?;
-        if messages.is_empty() {
-            continue;
-        }
-        let actions = sqlx::query(concat!(
+        .bind(ids)
+        .fetch_all(&mut **self)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn actions_on(&mut self, ids: &[String]) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
             " FROM events WHERE target = ANY($1) AND type IN ('edit', 'delete', 'react')"
         ))
-        .bind(chunk)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(row_to_event)
-        .collect::<Result<Vec<_>, _>>()?;
-        let mut by_target: std::collections::HashMap<&str, Vec<&Event>> = Default::default();
-        for action in &actions {
-            if let Some(target) = action.target.as_deref() {
-                by_target.entry(target).or_default().push(action);
-            }
-        }
-        for message in &messages {
-            let mut folded_actions = Vec::new();
-            for action in by_target.remove(message.id.as_str()).unwrap_or_default() {
-                let privileged = needs_privilege(message, action)
-                    && privileged(tx, &message.room, action).await?;
-                folded_actions.push(Action {
-                    event: action,
-                    privileged,
-                });
-            }
-            let state = projection::fold(message, &folded_actions);
-            write_state(tx, message, &state).await?;
-            folded += 1;
-        }
+        .bind(ids)
+        .fetch_all(&mut **self)
+        .await?;
+        rows.iter().map(row_to_event).collect()
     }
-    Ok(folded)
-}
 
-/// Whether the rules would ask if the action's author owns or moderates the room: only
-/// for a deletion by a verified user who is not the author.
-fn needs_privilege(message: &Event, action: &Event) -> bool {
-    action.kind == EventKind::Delete
-        && !action.guest
-        && !(message.user == action.user && message.guest == action.guest)
-}
+    async fn privileged(&mut self, room: &str, action: &Event) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT coalesce((SELECT owner FROM access_rooms WHERE room = $1) = $2, false)
+                 OR coalesce((SELECT type = 'role_granted' FROM membership
+                              WHERE room = $1 AND member = $2 AND applied
+                                AND role = 'moderator'
+                                AND type IN ('role_granted', 'role_revoked')
+                                AND (at, id) < ($3, $4)
+                              ORDER BY at DESC, id DESC LIMIT 1), false)",
+        )
+        .bind(room)
+        .bind(&action.user)
+        .bind(action.at)
+        .bind(&action.id)
+        .fetch_one(&mut **self)
+        .await
+    }
 
-/// Whether the action's author owned the room, or moderated it when the action was made
-/// (the latest applied role event for them before it, by time then id).
-async fn privileged(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    room: &str,
-    action: &Event,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce((SELECT owner FROM access_rooms WHERE room = $1) = $2, false)
-             OR coalesce((SELECT type = 'role_granted' FROM membership
-                          WHERE room = $1 AND member = $2 AND applied AND role = 'moderator'
-                            AND type IN ('role_granted', 'role_revoked')
-                            AND (at, id) < ($3, $4)
-                          ORDER BY at DESC, id DESC LIMIT 1), false)",
-    )
-    .bind(room)
-    .bind(&action.user)
-    .bind(action.at)
-    .bind(&action.id)
-    .fetch_one(&mut **tx)
-    .await
-}
-
-/// Writes a message's folded state; a deletion also removes the text from the stored
-/// message and its edits.
-async fn write_state(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    message: &Event,
-    state: &MessageState,
-) -> Result<(), sqlx::Error> {
-    let reactions =
-        serde_json::to_string(&state.reactions).map_err(|e| sqlx::Error::Encode(e.into()))?;
-    sqlx::query(
-        "INSERT INTO message_state (id, room, text, edits, edited_at, deleted, reactions)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (id) DO UPDATE SET text = excluded.text, edits = excluded.edits,
-             edited_at = excluded.edited_at, deleted = excluded.deleted,
-             reactions = excluded.reactions",
-    )
-    .bind(&message.id)
-    .bind(&message.room)
-    .bind(&state.text)
-    .bind(i32::try_from(state.edits).unwrap_or(i32::MAX))
-    .bind(state.edited_at)
-    .bind(state.deleted)
-    .bind(reactions)
-    .execute(&mut **tx)
-    .await?;
-    if state.deleted {
+    /// The search column is generated from the stored text, so a deletion's `NULL` takes
+    /// the message out of the index by itself.
+    async fn write_state(
+        &mut self,
+        message: &Event,
+        state: &MessageState,
+    ) -> Result<(), sqlx::Error> {
+        let reactions =
+            serde_json::to_string(&state.reactions).map_err(|e| sqlx::Error::Encode(e.into()))?;
         sqlx::query(
-            // Two index lookups (by id, by target), as in the SQLite store.
-            "UPDATE events SET text = NULL
-             WHERE seq IN (SELECT seq FROM events WHERE id = $1
-                           UNION ALL
-                           SELECT seq FROM events WHERE target = $1 AND type = 'edit')
-               AND room = $2 AND text IS NOT NULL",
+            "INSERT INTO message_state (id, room, text, edits, edited_at, deleted, reactions)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET text = excluded.text, edits = excluded.edits,
+                 edited_at = excluded.edited_at, deleted = excluded.deleted,
+                 reactions = excluded.reactions",
         )
         .bind(&message.id)
         .bind(&message.room)
-        .execute(&mut **tx)
+        .bind(&state.text)
+        .bind(i32::try_from(state.edits).unwrap_or(i32::MAX))
+        .bind(state.edited_at)
+        .bind(state.deleted)
+        .bind(reactions)
+        .execute(&mut **self)
         .await?;
-    }
-    Ok(())
-}
-
-async fn add_member(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    room: &str,
-    user: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"INSERT INTO access_members (room, "user") VALUES ($1, $2) ON CONFLICT DO NOTHING"#,
-    )
-    .bind(room)
-    .bind(user)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn visibility(raw: &str) -> Result<Visibility, sqlx::Error> {
-    Visibility::parse(raw)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown visibility {raw:?}").into()))
-}
-
-/// Reads an event from a row of `events` or of `membership` (whichever columns it has),
-/// with the projection's columns when the query joined them. A message or edit whose text
-/// was removed by a deletion reads as `deleted`.
-fn row_to_event(row: &PgRow) -> Result<Event, sqlx::Error> {
-    let kind: String = row.try_get("type")?;
-    let kind = EventKind::parse(&kind)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown event type {kind:?}").into()))?;
-    let at: DateTime<Utc> = row.try_get("at")?;
-    let optional = |column: &str| -> Result<Option<String>, sqlx::Error> {
-        match row.try_get(column) {
-            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
-            other => other,
+        if state.deleted {
+            sqlx::query(
+                // Two index lookups (by id, by target), as in the SQLite store.
+                "UPDATE events SET text = NULL
+                 WHERE seq IN (SELECT seq FROM events WHERE id = $1
+                               UNION ALL
+                               SELECT seq FROM events WHERE target = $1 AND type = 'edit')
+                   AND room = $2 AND text IS NOT NULL",
+            )
+            .bind(&message.id)
+            .bind(&message.room)
+            .execute(&mut **self)
+            .await?;
         }
-    };
-    let edited_at: Option<DateTime<Utc>> = match row.try_get("edited_at") {
-        Err(sqlx::Error::ColumnNotFound(_)) => None,
-        other => other?,
-    };
-    let text = optional("text")?;
-    let deleted = matches!(kind, EventKind::Message | EventKind::Edit) && text.is_none();
-    Ok(Event {
-        v: SCHEMA_VERSION,
-        id: row.try_get("id")?,
-        kind,
-        room: row.try_get("room")?,
-        user: row.try_get("user")?,
-        name: row.try_get("name")?,
-        guest: row.try_get("guest")?,
-        text,
-        visibility: optional("visibility")?
-            .map(|v| visibility(&v))
-            .transpose()?,
-        member: optional("member")?,
-        target: optional("target")?,
-        reason: optional("reason")?,
-        key: optional("key")?,
-        op: optional("op")?
-            .map(|op| parsed(&op, ReactOp::parse))
-            .transpose()?,
-        role: optional("role")?
-            .map(|r| parsed(&r, Role::parse))
-            .transpose()?,
-        at,
-        gateway: row.try_get("gateway")?,
-        edited_at,
-        deleted,
-        reactions: match optional("reactions")? {
-            Some(json) if !deleted => {
-                serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
-            }
-            _ => Vec::new(),
-        },
-    })
+        Ok(())
+    }
+
+    /// The search index is a generated column of `events`: it follows the stored text by
+    /// itself and needs no rebuilding.
+    async fn reset_projections(&mut self) -> Result<(), sqlx::Error> {
+        for statement in [
+            "DELETE FROM message_state",
+            "DELETE FROM access_rooms",
+            "DELETE FROM access_members",
+            "DELETE FROM access_roles",
+            "UPDATE membership SET applied = false",
+        ] {
+            sqlx::query(statement).execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+
+    async fn membership_log(&mut self) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query(
+            r#"SELECT id, type, room, "user", name, guest, visibility, member, role, at, gateway
+               FROM membership ORDER BY seq"#,
+        )
+        .fetch_all(&mut **self)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn acted_on(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT target FROM events WHERE target IS NOT NULL ORDER BY target",
+        )
+        .fetch_all(&mut **self)
+        .await
+    }
+
+    async fn count_events(&mut self) -> Result<u64, sqlx::Error> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&mut **self)
+            .await?;
+        Ok(count as u64)
+    }
 }
 
-fn parsed<T>(raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
-    parse(raw).ok_or_else(|| sqlx::Error::Decode(format!("unknown value {raw:?}").into()))
+/// Times are `timestamptz`.
+impl Columns for PgRow {
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        unselected_is_null(self.try_get(column))
+    }
+
+    fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn time(&self, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        unselected_is_null(self.try_get(column))
+    }
 }
