@@ -13,18 +13,17 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use futures_util::StreamExt;
+use anyhow::Context;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicQosOptions, BasicRejectOptions},
+    options::{BasicQosOptions, BasicRejectOptions},
     Connection,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{self, Acks, Backoff, Session, Supervisor};
+use crate::batch;
+use crate::broker::{self, Acks, Session, Supervisor};
 use crate::event::Event;
 use crate::topology::Topology;
 
@@ -167,54 +166,44 @@ async fn consume<S: EventSink>(
     tracing::info!(subscriber = %config.name, %queue, prefetch = config.prefetch, "consuming");
 
     loop {
-        // Shutdown is only looked at between batches, so the batch in hand is always
-        // finished and acked before the subscriber stops.
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                crate::broker::close_channels(&[channel]).await;
-                return Ok(());
-            }
-            next = consumer.next() => next,
+        let Some(batch) = batch::next(
+            &mut consumer,
+            config.batch_max,
+            config.batch_linger,
+            shutdown,
+        )
+        .await?
+        else {
+            crate::broker::close_channels(&[channel]).await;
+            return Ok(());
         };
-        let Some(first) = first else {
-            bail!("the broker cancelled the consumer");
-        };
-        // A batch is what arrives within `batch_linger` of its first event (or `batch_max`
-        // events): one fsync or commit then covers many events under load, for a few
-        // milliseconds of extra latency when traffic is light.
-        let mut batch = vec![first.context("Delivery failed")?];
-        let linger = tokio::time::sleep(config.batch_linger);
-        tokio::pin!(linger);
-        while batch.len() < config.batch_max {
-            tokio::select! {
-                biased;
-                next = consumer.next() => match next {
-                    Some(delivery) => batch.push(delivery.context("Delivery failed")?),
-                    None => break,
-                },
-                _ = &mut linger => break,
-            }
-        }
         let Some((events, last_delivery)) = accept_valid(&config.name, batch).await? else {
             continue;
         };
         let started = std::time::Instant::now();
-        if !write_with_retry(sink, &events, &config.name, shutdown).await {
+        let subscriber = config.name.as_str();
+        let stored = batch::write_until_held(
+            sink,
+            &events,
+            |err, delay| {
+                tracing::error!(
+                    subscriber,
+                    error = format!("{err:#}"),
+                    events = events.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot store a batch; it stays unacked and is retried"
+                )
+            },
+            shutdown,
+        )
+        .await;
+        if !stored {
             // Shutdown during a storage outage: leave the batch unacked; closing the channel
             // hands it back to the queue at once, for the next run.
             crate::broker::close_channels(&[channel]).await;
             return Ok(());
         }
-        let acked = last_delivery
-            .ack(BasicAckOptions { multiple: true })
-            .await
-            .context("Failed to ack a batch")?;
-        if !acked {
-            // lapin silently skips acks on a channel that was lost and recovered: the
-            // broker will redeliver the batch, which the idempotent sink absorbs.
-            bail!("the channel was lost before the batch could be acked");
-        }
+        batch::ack_through(last_delivery).await?;
         record_batch(&config.name, &events, started);
     }
 }
@@ -265,32 +254,4 @@ async fn accept_valid(
         }
     }
     Ok(last_valid.map(|d| (events, d)))
-}
-
-/// Hands the batch to the sink until it succeeds; false if shutdown came first.
-async fn write_with_retry<S: EventSink>(
-    sink: &mut S,
-    events: &[Event],
-    subscriber: &str,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match sink.write(events).await {
-            Ok(()) => return true,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                tracing::error!(
-                    subscriber,
-                    error = format!("{err:#}"),
-                    events = events.len(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot store a batch; it stays unacked and is retried"
-                );
-                if !backoff.sleep(delay, shutdown).await {
-                    return false;
-                }
-            }
-        }
-    }
 }

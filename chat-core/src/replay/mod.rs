@@ -19,17 +19,17 @@ mod cursor;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use futures_util::StreamExt;
+use anyhow::Context;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
+    options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
     Connection,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Backoff, Session, Supervisor};
+use crate::batch;
+use crate::broker::{Session, Supervisor};
 use crate::event::Event;
 pub use crate::log_stream::StartAt;
 use crate::topology::Topology;
@@ -172,33 +172,36 @@ async fn read<S: LogSink>(
     tracing::info!(reader = %config.name, %stream, %start, "reading the event log");
 
     loop {
-        // Shutdown is only looked at between batches, so the batch in hand is written.
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                crate::broker::close_channels(&[channel]).await;
-                return Ok(());
-            }
-            next = consumer.next() => next,
+        let Some(batch) = batch::next(
+            &mut consumer,
+            config.batch_max,
+            config.batch_linger,
+            shutdown,
+        )
+        .await?
+        else {
+            crate::broker::close_channels(&[channel]).await;
+            return Ok(());
         };
-        let Some(first) = first else {
-            bail!("the broker cancelled the consumer");
-        };
-        let mut batch = vec![first.context("Delivery failed")?];
-        let linger = tokio::time::sleep(config.batch_linger);
-        tokio::pin!(linger);
-        while batch.len() < config.batch_max {
-            tokio::select! {
-                biased;
-                next = consumer.next() => match next {
-                    Some(delivery) => batch.push(delivery.context("Delivery failed")?),
-                    None => break,
-                },
-                _ = &mut linger => break,
-            }
-        }
         let (events, last) = sort_out(&config.name, cursor, batch)?;
-        if !events.is_empty() && !write_with_retry(sink, &events, &config.name, shutdown).await {
+        let reader = config.name.as_str();
+        let written = events.is_empty()
+            || batch::write_until_held(
+                sink,
+                &events,
+                |err, delay| {
+                    tracing::error!(
+                        reader,
+                        error = format!("{err:#}"),
+                        events = events.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "cannot handle a batch of the log; retrying it"
+                    )
+                },
+                shutdown,
+            )
+            .await;
+        if !written {
             cursor.abort();
             crate::broker::close_channels(&[channel]).await;
             return Ok(());
@@ -207,13 +210,7 @@ async fn read<S: LogSink>(
         // below is lost with the channel.
         cursor.commit();
         // A stream's acks only give the consumer credit; one covers the whole batch.
-        let acked = last
-            .ack(BasicAckOptions { multiple: true })
-            .await
-            .context("Failed to ack a batch")?;
-        if !acked {
-            bail!("the channel was lost before the batch could be acked");
-        }
+        batch::ack_through(last).await?;
     }
 }
 
@@ -266,33 +263,5 @@ fn stream_offset(delivery: &Delivery) -> Option<u64> {
         AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
         AMQPValue::LongUInt(n) => Some(u64::from(*n)),
         _ => None,
-    }
-}
-
-/// Hands the batch to the sink until it succeeds; false if shutdown came first.
-async fn write_with_retry<S: LogSink>(
-    sink: &mut S,
-    events: &[LogEvent],
-    reader: &str,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match sink.write(events).await {
-            Ok(()) => return true,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                tracing::error!(
-                    reader,
-                    error = format!("{err:#}"),
-                    events = events.len(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot handle a batch of the log; retrying it"
-                );
-                if !backoff.sleep(delay, shutdown).await {
-                    return false;
-                }
-            }
-        }
     }
 }
