@@ -22,6 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+source scripts/bench-lib.sh
 
 ROUNDS=2
 EVENTS=100000
@@ -49,57 +50,10 @@ SECRET="bench-identity-secret-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 RATE_LIMIT=1000000
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-started=()
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/chat-bench-identity.XXXXXX")
-chmod 755 "$WORK" # a private broker runs as the rabbitmq user
-private_node=""
-finish() {
-  local code=$?
-  trap - EXIT INT TERM
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n $private_node ]]; then
-    PATH="$PATH:/usr/sbin" rabbitmqctl -q -n "$private_node" stop >/dev/null 2>&1 || true
-  fi
-  echo "work directory (logs, results): $WORK"
-  exit "$code"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-if ((PRIVATE_BROKER)); then
-  port=5690
-  while port_open "$port"; do port=$((port + 1)); done
-  private_node="chatidentity$$-$RANDOM@localhost"
-  step "starting a private RabbitMQ node ($private_node on 127.0.0.1:$port)"
-  start_rabbitmq_node "$private_node" "$port" "$WORK/rabbitmq"
-  export AMQP_URL="amqp://127.0.0.1:$port/%2f"
-else
-  ensure_rabbitmq
-  export AMQP_URL=${AMQP_URL:-amqp://127.0.0.1:5672/%2f}
-fi
-for port in "${GATEWAYS[@]}" "$ARCHIVER_PORT" "$LOGGER_PORT" "$REBUILD_PORT"; do
-  if port_open "$port"; then
-    echo "port $port is in use; stop what listens there and try again" >&2
-    exit 1
-  fi
-done
-
-if [[ -z ${BIN:-} ]]; then
-  step "building (cargo build --release -p chat-bench -p gateway -p logger -p archiver)"
-  cargo build --release -p chat-bench -p gateway -p logger -p archiver
-  BIN=$(target_dir)/release
-fi
-
-start() { # name, then the command; sets LAST_PID
-  local name=$1
-  shift
-  "$@" >>"$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  started+=("$LAST_PID")
-}
-
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+bench_begin bench-identity
+bench_broker chatidentity
+ports_free "${GATEWAYS[@]}" "$ARCHIVER_PORT" "$LOGGER_PORT" "$REBUILD_PORT"
+bench_build
 
 # Starts an archiver, a logger and two gateways in mode $1 (open|token); sets PIDS, PREFIX,
 # SYSTEM (the pids to stop).
@@ -110,12 +64,8 @@ start_system() {
   mkdir -p "$data"
   local common=(env CHAT_PREFIX="$PREFIX" AMQP_URL="$AMQP_URL" RUST_LOG=warn AUTH_MODE="$mode")
   [[ $mode == token ]] && common+=(AUTH_SECRET="$SECRET")
-  start "archiver-$PREFIX" "${common[@]}" ARCHIVER_LISTEN=127.0.0.1:$ARCHIVER_PORT \
-    DATABASE_URL="sqlite://$data/archive.db" "$BIN/archiver"
-  local archiver=$LAST_PID
-  start "logger-$PREFIX" "${common[@]}" LOG_FILE="$data/chat.log" LOGGER_STDOUT=false \
-    LOGGER_LISTEN=127.0.0.1:$LOGGER_PORT "$BIN/logger"
-  local logger=$LAST_PID
+  start_subscribers "$PREFIX" common "$data"
+  local archiver=$ARCHIVER_PID logger=$LOGGER_PID
   SYSTEM=("$archiver" "$logger")
   local gws=() i=1 port
   for port in "${GATEWAYS[@]}"; do
@@ -130,13 +80,9 @@ start_system() {
 }
 
 stop_system() {
-  local pid
-  for pid in "${SYSTEM[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${SYSTEM[@]}"; do wait "$pid" 2>/dev/null || true; done
-  "$BIN/chat-bench" cleanup --prefix "$PREFIX" >>"$WORK/cleanup.log" 2>&1 || true
+  stop_pids "${SYSTEM[@]}"
+  bench_cleanup "$PREFIX"
 }
-
-broker_pid() { pgrep -u rabbitmq -f 'beam.smp' | head -1 || true; }
 
 bench() { # name, then chat-bench's arguments
   local name=$1
@@ -152,13 +98,10 @@ modes_round() {
   local mode=$1 round=$2 auth=()
   [[ $mode == token ]] && auth=(--auth-secret "$SECRET")
   local urls=(--url "ws://127.0.0.1:${GATEWAYS[0]}" --url "ws://127.0.0.1:${GATEWAYS[1]}")
-  local broker=() bpid
-  bpid=$(broker_pid)
-  [[ -n $bpid ]] && broker=(--broker-pid "$bpid")
   step "round $round, $mode mode: fanout (500 receivers in one room, 4 senders, 100 msg/s, 10 s)"
   start_system "$mode"
   bench "fanout-$mode-$round" load "${urls[@]}" "${auth[@]}" --receivers 500 --senders 4 --rooms 1 \
-    --rate 100 --duration 10s --pids "$PIDS" "${broker[@]}"
+    --rate 100 --duration 10s --pids "$PIDS" "${BROKER_ARGS[@]}"
   stop_system
   step "round $round, $mode mode: connect (2000 idle clients joining 100 rooms)"
   start_system "$mode"

@@ -23,6 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+source scripts/bench-lib.sh
 
 CLIENTS=8000
 ONLY=""
@@ -45,55 +46,10 @@ ARCHIVER_PORT=4303
 LOGGER_PORT=4304
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-started=()
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/chat-join-storm.XXXXXX")
-chmod 755 "$WORK" # a private broker runs as the rabbitmq user
-private_node=""
-finish() {
-  local code=$?
-  trap - EXIT INT TERM
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n $private_node ]]; then
-    PATH="$PATH:/usr/sbin" rabbitmqctl -q -n "$private_node" stop >/dev/null 2>&1 || true
-  fi
-  echo "work directory (logs, results): $WORK"
-  exit "$code"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-if ((PRIVATE_BROKER)); then
-  port=5690
-  while port_open "$port"; do port=$((port + 1)); done
-  private_node="chatstorm$$-$RANDOM@localhost"
-  step "starting a private RabbitMQ node ($private_node on 127.0.0.1:$port)"
-  start_rabbitmq_node "$private_node" "$port" "$WORK/rabbitmq"
-  export AMQP_URL="amqp://127.0.0.1:$port/%2f"
-else
-  ensure_rabbitmq
-  export AMQP_URL=${AMQP_URL:-amqp://127.0.0.1:5672/%2f}
-fi
-for port in "${GATEWAYS[@]}" "$ARCHIVER_PORT" "$LOGGER_PORT"; do
-  if port_open "$port"; then
-    echo "port $port is in use; stop what listens there and try again" >&2
-    exit 1
-  fi
-done
-
-if [[ -z ${BIN:-} ]]; then
-  step "building (cargo build --release -p chat-bench -p gateway -p logger -p archiver)"
-  cargo build --release -p chat-bench -p gateway -p logger -p archiver
-  BIN=$(pwd)/target/release
-fi
-
-start() { # name, then the command; sets LAST_PID
-  local name=$1
-  shift
-  "$@" >>"$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  started+=("$LAST_PID")
-}
+bench_begin join-storm
+bench_broker chatstorm
+ports_free "${GATEWAYS[@]}" "$ARCHIVER_PORT" "$LOGGER_PORT"
+bench_build
 
 # One run: starts the system, connects the clients into $1 rooms, stops the system.
 run() {
@@ -102,12 +58,8 @@ run() {
   local data=$WORK/data-$prefix
   mkdir -p "$data"
   local common=(env CHAT_PREFIX="$prefix" AMQP_URL="$AMQP_URL" RUST_LOG=warn)
-  start "archiver-$label" "${common[@]}" ARCHIVER_LISTEN=127.0.0.1:$ARCHIVER_PORT \
-    DATABASE_URL="sqlite://$data/archive.db" "$BIN/archiver"
-  local pids=("$LAST_PID") labels=() i=1 port
-  start "logger-$label" "${common[@]}" LOG_FILE="$data/chat.log" LOGGER_STDOUT=false \
-    LOGGER_LISTEN=127.0.0.1:$LOGGER_PORT "$BIN/logger"
-  pids+=("$LAST_PID")
+  start_subscribers "$label" common "$data"
+  local pids=("$ARCHIVER_PID" "$LOGGER_PID") labels=() i=1 port
   for port in "${GATEWAYS[@]}"; do
     start "gateway-$i-$label" "${common[@]}" GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_ID="gw-$i" \
       "$BIN/gateway"
@@ -116,15 +68,14 @@ run() {
     i=$((i + 1))
   done
   for port in "${GATEWAYS[@]}" "$ARCHIVER_PORT" "$LOGGER_PORT"; do wait_port "$port" 60; done
-  step "$label: $CLIENTS clients into $rooms room(s), $CONCURRENCY handshakes at once; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  step "$label: $CLIENTS clients into $rooms room(s), $CONCURRENCY handshakes at once; load average $(loadavg)"
   "$BIN/chat-bench" idle --url "ws://127.0.0.1:${GATEWAYS[0]}" --url "ws://127.0.0.1:${GATEWAYS[1]}" \
     --connections "$CLIENTS" --rooms "$rooms" --settle 5s --connect-timeout 120s --connect-concurrency "$CONCURRENCY" \
     --pids "$(IFS=,; echo "${labels[*]}")" --label "$label" --json-out "$WORK/$label.json" |
     tee -a "$WORK/results.txt"
-  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/results.txt"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  "$BIN/chat-bench" cleanup --prefix "$prefix" >>"$WORK/cleanup.log" 2>&1 || true
+  echo "load average after: $(loadavg)" | tee -a "$WORK/results.txt"
+  stop_pids "${pids[@]}"
+  bench_cleanup "$prefix"
 }
 
 [[ $ONLY == own ]] || run "join-storm-one-room-$CLIENTS" 1

@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+source scripts/bench-lib.sh
 
 GATEWAY_COUNTS="2 3 4 5 6 7 8"
 ROOMS=2000
@@ -43,59 +44,10 @@ ARCHIVER_PORT=4409
 LOGGER_PORT=4410
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-started=()
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/chat-routing.XXXXXX")
-chmod 755 "$WORK" # a private broker runs as the rabbitmq user
-private_node=""
-finish() {
-  local code=$?
-  trap - EXIT INT TERM
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n $private_node ]]; then
-    PATH="$PATH:/usr/sbin" rabbitmqctl -q -n "$private_node" stop >/dev/null 2>&1 || true
-  fi
-  echo "work directory (logs, results): $WORK"
-  exit "$code"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-BROKER_ARGS=()
-if ((PRIVATE_BROKER)); then
-  port=5690
-  while port_open "$port"; do port=$((port + 1)); done
-  private_node="chatrouting$$-$RANDOM@localhost"
-  step "starting a private RabbitMQ node ($private_node on 127.0.0.1:$port)"
-  start_rabbitmq_node "$private_node" "$port" "$WORK/rabbitmq"
-  export AMQP_URL="amqp://127.0.0.1:$port/%2f"
-  BROKER_ARGS=(--broker-pid "$(cat "$WORK/rabbitmq/pid")")
-else
-  ensure_rabbitmq
-  export AMQP_URL=${AMQP_URL:-amqp://127.0.0.1:5672/%2f}
-  broker_pid=$(pgrep -o -x beam.smp || true)
-  if [[ -n $broker_pid ]]; then BROKER_ARGS=(--broker-pid "$broker_pid"); fi
-fi
-for port in $(seq "$FIRST_PORT" "$LOGGER_PORT"); do
-  if port_open "$port"; then
-    echo "port $port is in use; stop what listens there and try again" >&2
-    exit 1
-  fi
-done
-
-if [[ -z ${BIN:-} ]]; then
-  step "building (cargo build --release -p chat-bench -p gateway -p logger -p archiver)"
-  cargo build --release -p chat-bench -p gateway -p logger -p archiver
-  BIN=$(pwd)/target/release
-fi
-
-start() { # name, then the command; sets LAST_PID
-  local name=$1
-  shift
-  "$@" >>"$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  started+=("$LAST_PID")
-}
+bench_begin routing
+bench_broker chatrouting
+ports_free $(seq "$FIRST_PORT" "$LOGGER_PORT")
+bench_build
 
 # One run: $1 gateways, ROUTE_BY_ROOM=$2.
 run() {
@@ -105,13 +57,9 @@ run() {
   local data=$WORK/data-$prefix
   mkdir -p "$data"
   local common=(env CHAT_PREFIX="$prefix" AMQP_URL="$AMQP_URL" RUST_LOG=warn)
-  start "archiver-$label" "${common[@]}" ARCHIVER_LISTEN=127.0.0.1:$ARCHIVER_PORT \
-    DATABASE_URL="sqlite://$data/archive.db" "$BIN/archiver"
-  local pids=("$LAST_PID") labels=("archiver=$LAST_PID") urls=() g port
-  start "logger-$label" "${common[@]}" LOG_FILE="$data/chat.log" LOGGER_STDOUT=false \
-    LOGGER_LISTEN=127.0.0.1:$LOGGER_PORT "$BIN/logger"
-  pids+=("$LAST_PID")
-  labels+=("logger=$LAST_PID")
+  start_subscribers "$label" common "$data"
+  local pids=("$ARCHIVER_PID" "$LOGGER_PID") labels=("archiver=$ARCHIVER_PID" "logger=$LOGGER_PID")
+  local urls=() g port
   wait_port "$ARCHIVER_PORT" 60
   wait_port "$LOGGER_PORT" 60
   for ((g = 0; g < gateways; g++)); do
@@ -123,15 +71,14 @@ run() {
     urls+=(--url "ws://127.0.0.1:$port")
   done
   for ((g = 0; g < gateways; g++)); do wait_port $((FIRST_PORT + g)) 60; done
-  step "$label: $gateways gateways, $ROOMS rooms, $RATE msg/s for $DURATION, ROUTE_BY_ROOM=$routed; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  step "$label: $gateways gateways, $ROOMS rooms, $RATE msg/s for $DURATION, ROUTE_BY_ROOM=$routed; load average $(loadavg)"
   "$BIN/chat-bench" load "${urls[@]}" --spread by-room --consumed \
     --rooms "$ROOMS" --receivers "$ROOMS" --senders "$ROOMS" --rate "$RATE" --duration "$DURATION" \
     --connect-concurrency 128 --pids "$(IFS=,; echo "${labels[*]}")" "${BROKER_ARGS[@]}" \
     --label "$label" --json-out "$WORK/$label.json" | tee -a "$WORK/results.txt"
-  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/results.txt"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  "$BIN/chat-bench" cleanup --prefix "$prefix" >>"$WORK/cleanup.log" 2>&1 || true
+  echo "load average after: $(loadavg)" | tee -a "$WORK/results.txt"
+  stop_pids "${pids[@]}"
+  bench_cleanup "$prefix"
 }
 
 for gateways in $GATEWAY_COUNTS; do
