@@ -9,7 +9,7 @@
 pub mod access;
 #[cfg(feature = "server")]
 pub mod auth;
-pub mod batch;
+mod batch;
 pub mod broker;
 pub mod dedupe;
 pub mod event;
