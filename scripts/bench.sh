@@ -20,6 +20,8 @@
 # AMQP_URL (a broker to use instead of the local one), KEEP_WORK=1 (keep the temp dir),
 # FLOOR_BURST_DELAY (the floor's write delay per burst, default 5ms), CAPACITY_FACTOR (the
 # fanout capacity searches' step, default 1.25; 1.1 tells closer figures apart),
+# CAPACITY_STEP (how long each capacity step is measured, default 5s, 3s quick: longer steps
+# are less easily tipped by a few joins or a scheduler hiccup),
 # ACTIVE_TYPISTS and ACTIVE_CHURNERS (the 'active' scenario's, default 25 and 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +49,10 @@ if ((QUICK)); then
   WINDOW=5s STEP=3s MAX_STEPS=6 ARCHIVE_WINDOW=5s MODE="quick run (--quick)"
 else
   WINDOW=10s STEP=5s MAX_STEPS=12 ARCHIVE_WINDOW=10s MODE="full run"
+fi
+if [[ -n ${CAPACITY_STEP:-} ]]; then
+  STEP=$CAPACITY_STEP
+  MODE="$MODE, capacity steps of $STEP"
 fi
 if [[ -n $ONLY ]]; then MODE="$MODE of some scenarios only (--only ${ONLY//,/ })"; fi
 ((PEER)) || MODE="$MODE, without the peer (--no-peer)"
