@@ -2,7 +2,7 @@
 //! the side subscribers (on their queues, [`crate::subscriber`]) and the readers of the event
 //! log stream ([`crate::replay`]) batch, stop, retry and ack alike: collect what arrives
 //! within a linger of the first delivery, hand it to the sink until the sink holds it, then
-//! one multiple-ack for the batch.
+//! one multiple-ack for the batch (`broker::ack_through`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Backoff;
@@ -96,18 +95,4 @@ pub async fn write_until_held<T: Sync>(
             }
         }
     }
-}
-
-/// Acks `last` and every delivery before it on its channel with one multiple-ack. An error
-/// if the channel was lost first: lapin skips acks on a lost and recovered channel without
-/// a word, so the broker will deliver the batch again, which idempotent sinks absorb.
-pub async fn ack_through(last: Delivery) -> anyhow::Result<()> {
-    let acked = last
-        .ack(BasicAckOptions { multiple: true })
-        .await
-        .context("Failed to ack a batch")?;
-    if !acked {
-        bail!("the channel was lost before the batch could be acked");
-    }
-    Ok(())
 }

@@ -560,6 +560,21 @@ pub async fn consume(
         .with_context(|| format!("Failed to consume from {queue}"))
 }
 
+/// Acks `last` and every delivery before it on its channel with one multiple-ack. An error
+/// if the channel was lost first: lapin skips acks on a lost and recovered channel without
+/// a word, so the broker will deliver those again (consumers absorb repeats by event id).
+pub async fn ack_through(last: lapin::message::Delivery) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let acked = last
+        .ack(lapin::options::BasicAckOptions { multiple: true })
+        .await
+        .context("Failed to ack")?;
+    if !acked {
+        anyhow::bail!("the channel was lost before the deliveries could be acked");
+    }
+    Ok(())
+}
+
 /// Closes `channels` and waits for the broker's answer, before the connection is closed at
 /// shutdown. Dropping them instead makes each close itself in the background, racing the
 /// connection's close, and lapin logs "invalid channel state: Closing" for a clean stop.

@@ -203,7 +203,7 @@ async fn consume<S: EventSink>(
             crate::broker::close_channels(&[channel]).await;
             return Ok(());
         }
-        batch::ack_through(last_delivery).await?;
+        crate::broker::ack_through(last_delivery).await?;
         record_batch(&config.name, &events, started);
     }
 }

@@ -210,7 +210,7 @@ async fn read<S: LogSink>(
         // below is lost with the channel.
         cursor.commit();
         // A stream's acks only give the consumer credit; one covers the whole batch.
-        batch::ack_through(last).await?;
+        crate::broker::ack_through(last).await?;
     }
 }
 

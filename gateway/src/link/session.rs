@@ -13,7 +13,7 @@ use chat_core::topology::Topology;
 use chat_core::{Event, EventKind};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions};
+use lapin::options::{BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions};
 use lapin::Connection;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -217,13 +217,7 @@ async fn run(
             _ = &mut ack_timer, if acks.deadline().is_some() => true,
         };
         if let Some(last) = due.then(|| acks.take()).flatten() {
-            let acked = last
-                .ack(BasicAckOptions { multiple: true })
-                .await
-                .context("Failed to ack")?;
-            if !acked {
-                bail!("the channel was lost before deliveries could be acked");
-            }
+            broker::ack_through(last).await?;
         }
     }
 }
