@@ -514,7 +514,11 @@ async fn a_member_removed_while_their_gateway_was_cut_off_gets_nothing_more_of_t
     }
     alice.join("board", "alice").await;
     alice.join("lobby", "alice").await;
-    alice.say("board", "before the outage", "s0").await;
+    let before = alice.say("board", "before the outage", "s0").await;
+    let before = before["id"]
+        .as_str()
+        .expect("an ack with the id")
+        .to_owned();
     join_until_allowed(&mut bob, "board", 1).await;
     join_until_allowed(&mut carol, "board", 1).await;
     bob.join("lobby", "bob").await;
@@ -577,6 +581,20 @@ async fn a_member_removed_while_their_gateway_was_cut_off_gets_nothing_more_of_t
         )
         .await;
     assert_eq!(said["code"], "unavailable", "{said}");
+    // Nor may he act on the room's messages: refused for the replay, not for the archive.
+    let reacted = bob
+        .request(
+            json!({"type": "react", "room": "board", "target": before, "key": "👍", "op": "add"}),
+            "b2",
+        )
+        .await;
+    assert_eq!(reacted["code"], "unavailable", "{reacted}");
+    assert!(
+        reacted["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("catching up on membership")),
+        "{reacted}"
+    );
     mallory
         .send(json!({"type": "join", "room": "board", "ref": "mj"}))
         .await;
@@ -598,6 +616,9 @@ async fn a_member_removed_while_their_gateway_was_cut_off_gets_nothing_more_of_t
     let bob_saw = bob.drain_for(Duration::from_secs(4)).await;
     for frame in &bob_saw {
         assert!(!frame.to_string().contains("secret"), "leaked: {frame}");
+    }
+    for frame in carol.drain_for(Duration::from_millis(300)).await {
+        assert_ne!(frame["event"]["type"], "react", "published: {frame}");
     }
     for frame in mallory.drain_for(Duration::from_millis(300)).await {
         assert!(

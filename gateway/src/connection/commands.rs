@@ -434,7 +434,7 @@ impl Session {
         if self.state.projection.holds_back(room) {
             // The link came back and the membership log is being replayed: the speaker may
             // have been removed meanwhile. Nothing is published; the client may resend.
-            return self.reject(unavailable(r#ref)).await;
+            return self.reject(replaying(r#ref)).await;
         }
         let mut event = self.event(EventKind::Message, room, name, Some(text));
         let name = event.user.clone();
@@ -534,6 +534,10 @@ impl Session {
         if !self.state.projection.can_read(room, self.reader()) {
             return self.reject(forbidden_room(r#ref, room)).await;
         }
+        if self.state.projection.holds_back(room) {
+            // As for `say`: during the membership replay the actor may have been removed.
+            return self.reject(replaying(r#ref)).await;
+        }
         let mut event = self.event(kind, room, user, None);
         event.target = Some(target);
         fill(&mut event);
@@ -584,6 +588,14 @@ impl Session {
             return self
                 .reject(Rejection::new(r#ref, code, refusal.to_string()))
                 .await;
+        }
+        if privileged
+            && !self.state.projection.is_current()
+            && projection::check(&checked, &event, false).is_err()
+        {
+            // Only a moderator's right allows this, and a stale projection may still hold a
+            // right revoked while the link was down: wait for the replay.
+            return self.reject(replaying(r#ref)).await;
         }
         // Published from the reader like a `say`, so one client's actions keep their order.
         let publication = self.state.link.publish(event).await;
@@ -842,6 +854,15 @@ fn unavailable(r#ref: Option<String>) -> Rejection {
         r#ref,
         ErrorCode::Unavailable,
         "the broker is unavailable; try again shortly",
+    )
+}
+
+fn replaying(r#ref: Option<String>) -> Rejection {
+    Rejection::new(
+        r#ref,
+        ErrorCode::Unavailable,
+        "the gateway is catching up on membership changes after a broker outage; nothing was \
+         changed: try again shortly",
     )
 }
 
