@@ -12,6 +12,10 @@
 #                                       # so nothing else using the machine's broker
 #                                       # (tests that restart it) disturbs the run
 #   scripts/bench.sh --out FILE         # write elsewhere than BENCHMARKS.md
+#   scripts/bench.sh --cluster          # a three-node cluster of our own (scripts/cluster.sh
+#                                       # on 5741-5743) instead of one node: the quorum
+#                                       # queues replicated on three; broker CPU is the
+#                                       # sum (ours only: implies --no-peer)
 #   scripts/bench.sh --only fanout,active --no-peer --out /tmp/B.md
 #                                       # some scenarios only (archive, fanout, active,
 #                                       # floor, ingest, rooms, idle, broker), ours only
@@ -22,13 +26,15 @@
 # fanout capacity searches' step, default 1.25; 1.1 tells closer figures apart),
 # CAPACITY_STEP (how long each capacity step is measured, default 5s, 3s quick: longer steps
 # are less easily tipped by a few joins or a scheduler hiccup),
-# ACTIVE_TYPISTS and ACTIVE_CHURNERS (the 'active' scenario's, default 25 and 10).
+# ACTIVE_TYPISTS and ACTIVE_CHURNERS (the 'active' scenario's, default 25 and 10), BIN (the
+# binaries' directory, built elsewhere: no build then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 QUICK=0
 PRIVATE_BROKER=0
+CLUSTER=0
 ONLY=""
 PEER=1
 OUT=BENCHMARKS.md
@@ -36,10 +42,11 @@ while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
     --private-broker) PRIVATE_BROKER=1 ;;
+    --cluster) CLUSTER=1 PEER=0 ;; # the peer takes one broker URL
     --out) OUT=$2; shift ;;
     --only) ONLY=",$2,"; shift ;;
     --no-peer) PEER=0 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -83,6 +90,7 @@ finish() {
   if [[ -n $private_node ]] && broker_alive; then
     PATH="$PATH:/usr/sbin" rabbitmqctl -q -n "$private_node" stop >/dev/null 2>&1 || true
   fi
+  if ((CLUSTER)); then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi
   if [[ ${KEEP_WORK:-0} == 1 || $code -ne 0 ]]; then
     echo "work directory (logs, results): $WORK"
   else
@@ -119,11 +127,28 @@ private_broker_start() {
   BROKER_NOTE="a private RabbitMQ node started for this run on 127.0.0.1:$port (\`--private-broker\`)"
 }
 
-broker_alive() { [[ -n ${BROKER_PID:-} ]] && kill -0 "$BROKER_PID" 2>/dev/null; }
+# --cluster: three nodes of our own, with their data under $WORK; BROKER_PID lists all three.
+export CLUSTER_DIR=$WORK/cluster CLUSTER_PORT_BASE=${CLUSTER_PORT_BASE:-5740}
+cluster_start() {
+  scripts/cluster.sh stop >/dev/null 2>&1 || true
+  scripts/cluster.sh start
+  AMQP_URL=$(scripts/cluster.sh url)
+  export AMQP_URL
+  BROKER_PID=$(for n in 1 2 3; do scripts/cluster.sh pid "$n"; echo; done | paste -sd,)
+  BROKER_NOTE="a three-node cluster started for this run on 127.0.0.1:$((CLUSTER_PORT_BASE + 1))-$((CLUSTER_PORT_BASE + 3)) (\`--cluster\`, scripts/cluster.sh): the logger's and archiver's quorum queues and the event log stream have a replica on each node; the broker's CPU is the three nodes' sum; every service is given the three URLs and connects to one at random"
+}
+
+broker_alive() {
+  [[ -n ${BROKER_PID:-} ]] || return 1
+  local pid
+  for pid in ${BROKER_PID//,/ }; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
 
 # Makes sure a broker runs and sets BROKER_PID and BROKER_ARGS.
 ensure_broker() {
-  if ((PRIVATE_BROKER)); then
+  if ((CLUSTER)); then
+    broker_alive || cluster_start
+  elif ((PRIVATE_BROKER)); then
     broker_alive || private_broker_start
   else
     ensure_rabbitmq
@@ -146,9 +171,11 @@ for port in "${OUR_GATEWAYS[@]}" "$ARCHIVER_PORT" "$LOGGER_PORT" "${PEER_PORTS[@
   fi
 done
 
-step "building (cargo build --release -p chat-bench -p gateway -p logger -p archiver)"
-cargo build --release -p chat-bench -p gateway -p logger -p archiver
-BIN=$(pwd)/target/release
+if [[ -z ${BIN:-} ]]; then
+  step "building (cargo build --release -p chat-bench -p gateway -p logger -p archiver)"
+  cargo build --release -p chat-bench -p gateway -p logger -p archiver
+  BIN=$(pwd)/target/release
+fi
 BENCH=$BIN/chat-bench
 
 PEER_DIR=${PEER_DIR:-../shared/peers/seed-socketio}

@@ -11,6 +11,8 @@
 #   scripts/cluster.sh stop-node N    # stop node N gracefully
 #   scripts/cluster.sh start-node N   # start node N again; it rejoins the cluster
 #   scripts/cluster.sh pid N          # the OS pid of node N
+#   scripts/cluster.sh node-of NAME   # the node (1..3) serving the connection named NAME
+#                                     # (e.g. 'gateway gw-1'; services name their connections)
 #   scripts/cluster.sh ctl N ARGS...  # rabbitmqctl against node N
 #   scripts/cluster.sh stop           # stop every node and delete the data
 #
@@ -99,6 +101,19 @@ case ${1:-} in
     require_node "${2:-}" pid
     node_pid "$2"
     ;;
+  node-of)
+    [[ -n ${2:-} ]] || { echo "usage: $0 node-of CONNECTION_NAME" >&2; exit 2; }
+    for n in 1 2 3; do
+      port_open "$(port "$n")" || continue
+      listing=$(ctl "$n" list_connections port client_properties) || continue
+      found=$(grep -F "\"$2\"" <<<"$listing" | head -1 | cut -f1)
+      [[ -n $found ]] || { echo "no connection named '$2'" >&2; exit 1; }
+      echo $((found - BASE))
+      exit 0
+    done
+    echo "no node answers" >&2
+    exit 1
+    ;;
   ctl)
     require_node "${2:-}" ctl
     n=$2
@@ -117,7 +132,7 @@ case ${1:-} in
     echo "cluster stopped"
     ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,21p' "$0"
     exit 2
     ;;
 esac

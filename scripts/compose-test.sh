@@ -136,20 +136,6 @@ ensure_compose() {
   "$DOCKER" compose version
 }
 
-PY=python3
-ensure_websockets() {
-  "$PY" -c 'import websockets.asyncio.client' 2>/dev/null && return 0
-  step "installing websockets (PyPI) for the test client"
-  export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-  if ! "$PY" -m pip install --quiet 'websockets>=13'; then
-    # An "externally managed" interpreter (PEP 668) refuses: use a private venv instead.
-    local venv=$CACHE/venv
-    [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-    PY=$venv/bin/python
-    "$PY" -m pip install --quiet 'websockets>=13'
-  fi
-}
-
 # --- 2. stand-in images -------------------------------------------------------------------
 
 # Whether image $1 must be (re)built as a stand-in whose definition hashes to $2: it is
@@ -294,7 +280,8 @@ cleanup() {
 
 ensure_docker
 ensure_compose
-ensure_websockets
+ensure_websockets "$CACHE/venv"
+PY=$WS_PYTHON
 mkdir -p "$CACHE"
 PROMETHEUS_IMAGE=$(sed -n 's/^ *image: *\(prom\/prometheus:[^ ]*\).*/\1/p' docker-compose.yml)
 POSTGRES_IMAGE=$(sed -n 's/^ *image: *\(postgres:[^ ]*\).*/\1/p' docker-compose.cluster.yml)

@@ -99,6 +99,24 @@ ensure_pika() {
   export CHAT_PYTHON="$venv/bin/python"
 }
 
+# Sets WS_PYTHON to a Python 3 with `websockets` (13 or later, for the scripts' test
+# clients): python3 if it has it, else a venv ($1, default under the target directory),
+# made and filled from PyPI the first time.
+ensure_websockets() {
+  local check='import websockets.asyncio.client'
+  if python3 -c "$check" 2>/dev/null; then
+    WS_PYTHON=python3
+    return 0
+  fi
+  local venv=${1:-$(target_dir)/websockets-venv}
+  if ! "$venv/bin/python" -c "$check" 2>/dev/null; then
+    step "installing websockets (PyPI) for the test client"
+    [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet 'websockets>=13'
+  fi
+  WS_PYTHON=$venv/bin/python
+}
+
 # Starts a throwaway node of Debian's RabbitMQ beside the machine's own, as the rabbitmq
 # user: node name $1, AMQP port $2 on 127.0.0.1 (Erlang distribution on $2 + 20000), data,
 # logs and config under $3 (kept if present, so a stopped node can start again), extra

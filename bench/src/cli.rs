@@ -146,9 +146,10 @@ pub struct CostArgs {
     /// (e.g. gw1=123,gw2=124,logger=125,archiver=126).
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<Proc>,
-    /// The broker's pid (beam.smp); reported apart, since both systems share it.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
+    /// The broker's pid (beam.smp); reported apart, since both systems share it. For a
+    /// cluster, every node's pid, comma-separated: their CPU is summed.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
 }
 
 /// Where the result goes.

@@ -106,11 +106,12 @@ pub fn status_kb(pid: u32, field: &str) -> io::Result<u64> {
 }
 
 /// The processes whose cost is reported: the system under test, optionally the broker
-/// (reported apart, as both systems share it), and always this tool itself.
+/// (reported apart, as both systems share it; every node of a cluster, summed), and always
+/// this tool itself.
 #[derive(Debug, Clone, Default)]
 pub struct Watched {
     pub system: Vec<Proc>,
-    pub broker: Option<u32>,
+    pub broker: Vec<u32>,
 }
 
 /// CPU seconds of every watched process at one moment.
@@ -167,7 +168,12 @@ impl Watched {
                 .iter()
                 .map(|p| (p.label.clone(), cpu_split(p.pid).unwrap_or((0.0, 0.0))))
                 .collect(),
-            broker: self.broker.map(|pid| cpu_seconds(pid).unwrap_or(0.0)),
+            broker: (!self.broker.is_empty()).then(|| {
+                self.broker
+                    .iter()
+                    .map(|&pid| cpu_seconds(pid).unwrap_or(0.0))
+                    .sum()
+            }),
             own: cpu_seconds(std::process::id()).unwrap_or(0.0),
             machine: machine_busy_seconds(),
             at: std::time::Instant::now(),
@@ -179,7 +185,7 @@ impl Watched {
     /// worked off (durable queues of a slow subscriber, a peer's write buffers). Gives up
     /// after `limit`; returns whether they went idle.
     pub async fn wait_idle(&self, cores: f64, limit: std::time::Duration) -> bool {
-        if self.system.is_empty() && self.broker.is_none() {
+        if self.system.is_empty() && self.broker.is_empty() {
             return true;
         }
         let deadline = std::time::Instant::now() + limit;

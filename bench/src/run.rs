@@ -25,7 +25,7 @@ use crate::stats::{ms, per};
 fn watched(cost: &CostArgs) -> Watched {
     Watched {
         system: cost.pids.clone(),
-        broker: cost.broker_pid,
+        broker: cost.broker_pid.clone(),
     }
 }
 
