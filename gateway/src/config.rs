@@ -45,6 +45,10 @@ pub struct Config {
     /// How long to wait for the archiver's history answer, in milliseconds.
     #[arg(long, env = "HISTORY_TIMEOUT_MS", default_value_t = 3000)]
     pub history_timeout_ms: u64,
+    /// How long a room's history reply also answers the joins that follow, in
+    /// milliseconds (0: every join asks the archive).
+    #[arg(long, env = "HISTORY_REUSE_MS", default_value_t = 1000)]
+    pub history_reuse_ms: u64,
     /// How long to wait for the broker to confirm a publish, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
@@ -235,6 +239,10 @@ impl Config {
 
     pub(crate) fn history_timeout(&self) -> Duration {
         Duration::from_millis(self.history_timeout_ms)
+    }
+
+    pub(crate) fn history_reuse(&self) -> Duration {
+        Duration::from_millis(self.history_reuse_ms)
     }
 
     /// The websocket cap for an open-file limit: the configured one if it fits (else an

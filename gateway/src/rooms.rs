@@ -79,6 +79,9 @@ pub struct SharedEvent {
     pub id: Box<str>,
     /// The encoded websocket frame of the `event` message; cloning it shares the bytes.
     pub frame: Bytes,
+    /// Whether it edits, deletes or reacts to an earlier message: a history kept from
+    /// before it no longer shows that message as a fresh one would (`link::reuse`).
+    pub acts: bool,
 }
 
 /// A member's way in: its queue, a token that disconnects it when the queue is full, and
@@ -228,6 +231,7 @@ impl Rooms {
             // Not an event id (those are UUIDs): never in a history, never a repeat.
             id: format!("~{n}").into(),
             frame,
+            acts: false,
         }))
     }
 
@@ -239,6 +243,7 @@ impl Rooms {
             room: Arc::from(event.room.as_str()),
             id: event.id.as_str().into(),
             frame: frame::text(&event_message(event)),
+            acts: event.kind.is_action(),
         });
         let fresh = {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -267,9 +272,9 @@ impl Rooms {
     }
 
     /// The events of `room` this gateway received after the event `after`, oldest first;
-    /// empty if `after` is not among the latest events (then the archive, which trails the
-    /// exchange by far less, had them all).
-    pub fn received_after(&self, room: &str, after: &str) -> Vec<Arc<SharedEvent>> {
+    /// `None` if `after` is not among the latest events (for a fresh history: the archive,
+    /// which trails the exchange by far less, had them all).
+    pub fn received_after(&self, room: &str, after: &str) -> Option<Vec<Arc<SharedEvent>>> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         catch_up::received_after(&recent.latest, room, after)
     }

@@ -3,7 +3,8 @@
 //! in (counted by its own `chat_events_consumed_total`, so the gateways run as separate
 //! processes), a join into a room newly routed to its gateway still gets every message
 //! once and in order while the room is busy, a room's binding goes with its last local
-//! member, and membership events reach every gateway whatever rooms it serves.
+//! member, membership events reach every gateway whatever rooms it serves, and joins that
+//! take a history reply kept from a moment before miss nothing (`HISTORY_REUSE_MS`).
 
 mod support;
 
@@ -184,6 +185,133 @@ async fn a_join_racing_a_burst_of_messages_gets_each_message_once_and_in_order()
         ));
     }
     one.stop().await;
+    two.stop().await;
+    archiver.stop().await;
+    broker.cleanup().await;
+}
+
+/// The gateway's `chat_history_asks_total` for `role` (asked, shared, reused, again).
+async fn history_asks(gateway: &Service, role: &str) -> u64 {
+    let (_, metrics) = http_get(gateway.addr(), "/metrics").await;
+    let prefix = format!("chat_history_asks_total{{role=\"{role}\"}}");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .map_or(0, |l| {
+            l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+        })
+}
+
+/// Joins `room` and collects its messages, history then live, until it has `count`.
+async fn messages_seen(client: &mut Client, room: &str, name: &str, count: usize) -> Vec<String> {
+    let joined = client.join(room, name).await;
+    let mut got = history_texts(&joined);
+    while got.len() < count {
+        let frame = tokio::time::timeout(WAIT, client.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name} got {} of {count}: {got:?}", got.len()));
+        if frame["type"] == "event" && frame["event"]["type"] == "message" {
+            got.push(frame["event"]["text"].as_str().unwrap().to_owned());
+        }
+    }
+    let extra: Vec<Value> = client
+        .drain_for(Duration::from_millis(200))
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "event" && f["event"]["type"] == "message")
+        .collect();
+    assert!(extra.is_empty(), "{name}: repeats {extra:?}");
+    got
+}
+
+#[tokio::test]
+async fn joins_a_moment_apart_share_a_history_reply_and_each_still_gets_every_message_once() {
+    let prefix = unique_prefix("reuse");
+    let broker = Broker::connect(&prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = start_archiver(&prefix, &dir.path().join("archive.db")).await;
+    let (_one, one) = gateway_process(
+        &prefix,
+        "gw-one",
+        &[("HISTORY_LIMIT", "1000"), ("HISTORY_REUSE_MS", "60000")],
+    )
+    .await;
+    let two = start_gateway(
+        &prefix,
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
+    )
+    .await;
+    let mut alice = Client::connect(&two).await;
+    alice.join("hall", "alice").await;
+    let mut said = Vec::new();
+    for i in 0..10 {
+        let text = format!("m{i:03}");
+        assert_eq!(alice.say("hall", &text, &text).await["type"], "ack");
+        said.push(text);
+    }
+    eventually(WAIT, "the archive has the first messages", || async {
+        (support::archived(archiver.addr(), "hall").await.len() >= 11).then_some(())
+    })
+    .await;
+
+    // Bob's join asks; each of the next joins, with more said in between, may take his
+    // reply (kept a minute here), and must still see every message once and in order.
+    let mut members = Vec::new();
+    for (n, name) in ["bob", "carol", "dave", "erin"].into_iter().enumerate() {
+        let mut client = Client::connect(&one).await;
+        assert_eq!(
+            messages_seen(&mut client, "hall", name, said.len()).await,
+            said,
+            "{name}"
+        );
+        members.push(client);
+        for i in 0..5 {
+            let text = format!("m{:03}", 10 + 5 * n + i);
+            assert_eq!(alice.say("hall", &text, &text).await["type"], "ack");
+            said.push(text);
+        }
+        for member in &mut members {
+            member
+                .recv_until(|f| f["event"]["text"] == said.last().unwrap().as_str())
+                .await;
+        }
+    }
+    let reused = history_asks(&one, "reused").await;
+    assert!(
+        reused >= 1,
+        "no join took a kept reply (asked {})",
+        history_asks(&one, "asked").await
+    );
+
+    // Everyone leaves gw-one: the room is unbound, and what is said meanwhile never reaches
+    // it. The next join must not take the reply kept from before: it would lack those (the
+    // unbind forgets it, and the new binding's mark is past its last event anyway).
+    drop(members);
+    // gw-two's binding for alice stays; gw-one's goes.
+    eventually(WAIT, "the room's binding on gw-one removed", || async {
+        (room_bindings(&prefix)
+            .iter()
+            .filter(|k| *k == "hall")
+            .count()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    for i in 0..5 {
+        let text = format!("away{i}");
+        assert_eq!(alice.say("hall", &text, &text).await["type"], "ack");
+        said.push(text);
+    }
+    let mut fred = Client::connect(&one).await;
+    assert_eq!(
+        messages_seen(&mut fred, "hall", "fred", said.len()).await,
+        said
+    );
+    support::report(&format!(
+        "history reuse: {} messages, 5 joins on one gateway, {reused} took a kept reply, \
+         none missed or repeated a message, before and after the room was unbound",
+        said.len()
+    ));
     two.stop().await;
     archiver.stop().await;
     broker.cleanup().await;

@@ -52,21 +52,24 @@ pub(crate) fn anchor<'a>(history_last: Option<&'a str>, since: Option<&'a str>) 
 }
 
 /// The events of `room` among `latest` (this gateway's recent events, every room, oldest
-/// first) that came after the event `after`. None if `after` is not among them: then the
-/// archive, which trails the exchange by far less than the memory holds, had them all.
+/// first) that came after the event `after`. `None` if `after` is not among them: for a
+/// history just fetched, the archive, which trails the exchange by far less than the
+/// memory holds, had them all; a reused one is not used then (`link::reuse`).
 pub(crate) fn received_after<'a>(
     latest: impl IntoIterator<Item = &'a Arc<SharedEvent>>,
     room: &str,
     after: &str,
-) -> Vec<Arc<SharedEvent>> {
+) -> Option<Vec<Arc<SharedEvent>>> {
     let mut latest = latest.into_iter();
     if !latest.by_ref().any(|event| &*event.id == after) {
-        return Vec::new();
+        return None;
     }
-    latest
-        .filter(|event| &*event.room == room)
-        .cloned()
-        .collect()
+    Some(
+        latest
+            .filter(|event| &*event.room == room)
+            .cloned()
+            .collect(),
+    )
 }
 
 /// Whether a join's history reaches past the moment its room was routed to this gateway.
@@ -126,6 +129,7 @@ mod tests {
             room: Arc::from(room),
             id: id.into(),
             frame: bytes::Bytes::copy_from_slice(id.as_bytes()),
+            acts: false,
         })
     }
 
@@ -252,7 +256,8 @@ mod tests {
                 .map(|(room, id)| event(room, id))
                 .collect();
             let unarchived = anchor(case.history.last().copied(), case.since)
-                .map_or_else(Vec::new, |after| received_after(&latest, "lobby", after));
+                .and_then(|after| received_after(&latest, "lobby", after))
+                .unwrap_or_default();
             let buffered = case.buffered.iter().map(|id| event("lobby", id)).collect();
             let history = case.history.iter().map(|id| id.to_string()).collect();
             let sent: Vec<_> = after_history(history, unarchived, buffered)

@@ -2,7 +2,9 @@
 //! `since`), add what this gateway received that the archive may not have yet, and hand
 //! the whole answer to the writer, which sends it before the live events it buffered. A
 //! room routed here moments ago is asked again until the archive has caught up with its
-//! binding ([`catch_up::reaches`]).
+//! binding ([`catch_up::reaches`]). A reply received in the last second for the same room
+//! answers without asking when the events after it are still in the gateway's memory
+//! ([`reuse`], `link::reuse`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,7 @@ use crate::idempotency::fingerprint;
 use crate::link::HistoryError;
 use crate::outbox;
 use crate::protocol::{ErrorCode, ServerMessage};
-use crate::rooms::{Joined, Outbound};
+use crate::rooms::{Joined, Outbound, SharedEvent};
 use crate::State;
 
 /// First pause before asking again for a history that does not reach the room's binding
@@ -39,7 +41,12 @@ pub(super) async fn load(
     mark: Option<u64>,
 ) {
     let mut messages = Vec::with_capacity(2);
-    let asked = match ask(&state, &request, mark).await {
+    // With a reused reply, what followed it is taken at once, while known to be complete.
+    let (asked, followed) = match reuse(&state, &request, mark) {
+        Some((reply, followed)) => (Ok(reply), Some(followed)),
+        None => (ask(&state, &request, mark).await, None),
+    };
+    let asked = match asked {
         Ok(reply) if reply.private && !caught_up_with(&state, &room).await => {
             Err(HistoryError::AccessBehind)
         }
@@ -98,7 +105,11 @@ pub(super) async fn load(
         history.last().map(|e| e.id.as_str()),
         request.since.as_deref(),
     );
-    let unarchived = anchor.map_or_else(Vec::new, |id| state.rooms.received_after(&room, id));
+    let unarchived = followed.unwrap_or_else(|| {
+        anchor
+            .and_then(|id| state.rooms.received_after(&room, id))
+            .unwrap_or_default()
+    });
     let history_ids = history.iter().map(|e| e.id.clone()).collect();
     let refused = forbidden_message(r#ref.as_deref(), &room);
     let _ = outbox
@@ -129,6 +140,35 @@ async fn caught_up_with(state: &State, room: &str) -> bool {
         pause = (pause * 2).min(MAX_PAUSE);
     }
     true
+}
+
+/// A reply to the same request received in the last second on this broker session, while
+/// the room stayed bound (`link::reuse`), with the events of the room this gateway received
+/// after its last event: `None` unless that event is still in the gateway's memory (then
+/// every event after it is too), unless an edit, deletion or reaction came since, and, for
+/// a first join into the room's binding (`mark`), unless the reply reaches past it as
+/// [`ask`] requires of a fresh one.
+fn reuse(
+    state: &State,
+    request: &HistoryRequest,
+    mark: Option<u64>,
+) -> Option<(Arc<HistoryReply>, Vec<Arc<SharedEvent>>)> {
+    if request.since.is_some() {
+        return None;
+    }
+    let reply = state.link.recent_history(request)?;
+    let last = reply.events.last()?.id.as_str();
+    if mark.is_some_and(|mark| !state.rooms.reaches(Some(last), mark)) {
+        return None;
+    }
+    let followed = state.rooms.received_after(&request.room, last)?;
+    if followed.iter().any(|event| event.acts) {
+        // An edit, deletion or reaction since: the archive's history shows its message as
+        // it is now (a deleted one without its text), which the kept one does not.
+        return None;
+    }
+    metrics::counter!("chat_history_asks_total", "role" => "reused").increment(1);
+    Some((reply, followed))
 }
 
 /// Asks the archive for the history. When `mark` is set (the first join into a room routed

@@ -71,7 +71,8 @@ impl Waiting {
 
 impl Link {
     /// Asks the archiver for a room's history over the broker; a request identical to one
-    /// in flight waits for that one's reply instead of being sent again.
+    /// in flight waits for that one's reply instead of being sent again. The reply is kept
+    /// for the joins that follow ([`Link::recent_history`]).
     pub async fn history(
         &self,
         request: &HistoryRequest,
@@ -79,12 +80,18 @@ impl Link {
         let (reply, role) = self
             .history_calls
             .run(request.clone(), || async {
+                let recent = self.current().map(|session| session.recent.clone());
+                let ticket = recent.as_ref().map(|recent| recent.ticket());
                 let body = serde_json::to_vec(request).expect("history requests serialise");
                 let reply: HistoryReply = self.ask(&body, None).await?;
-                match reply.error {
-                    Some(error) => Err(HistoryError::Archive(error)),
-                    None => Ok(Arc::new(reply)),
+                if let Some(error) = reply.error {
+                    return Err(HistoryError::Archive(error));
                 }
+                let reply = Arc::new(reply);
+                if let (Some(recent), Some(ticket)) = (recent, ticket) {
+                    recent.keep(ticket, request, &reply);
+                }
+                Ok(reply)
             })
             .await;
         let role = match role {
@@ -93,6 +100,13 @@ impl Link {
         };
         metrics::counter!("chat_history_asks_total", "role" => role).increment(1);
         reply
+    }
+
+    /// A reply to `request` that this session received less than a second ago, while the
+    /// room stayed bound (see [`super::reuse`]); the caller must still check that the
+    /// events after it are known.
+    pub fn recent_history(&self, request: &HistoryRequest) -> Option<Arc<HistoryReply>> {
+        self.current()?.recent.get(request)
     }
 
     /// Asks the archiver for one page of the membership replay over the broker.

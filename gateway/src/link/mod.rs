@@ -2,8 +2,9 @@
 //! publisher channel in confirm mode ([`publish`]), a consumer channel on the gateway's own
 //! exclusive queue (the events of the rooms it serves, or every event without routing by
 //! room, fanned out to local clients: [`session`]), and a history channel that asks the
-//! archiver over direct reply-to ([`history`]); with routing by room, a fourth binds and
-//! unbinds the served rooms ([`routes`]). When the broker goes
+//! archiver over direct reply-to ([`history`], whose recent replies answer the joins that
+//! follow for a second: [`reuse`]); with routing by room, a fourth binds and unbinds the
+//! served rooms ([`routes`]). When the broker goes
 //! away the link reports unavailable (`/healthz` says 503; a publish waits up to
 //! `PUBLISH_TIMEOUT_MS` for the link to come back, then the client gets `unavailable`) and
 //! reconnects by itself, declaring its queue again.
@@ -11,6 +12,7 @@
 mod acks;
 mod history;
 mod publish;
+mod reuse;
 mod routes;
 mod session;
 mod single_flight;
@@ -42,6 +44,8 @@ struct Channels {
     nacked: CancellationToken,
     /// The rooms bound for the queue, when routing by room.
     routes: Option<Arc<routes::Routes>>,
+    /// History replies kept for the joins that follow ([`reuse`]).
+    recent: Arc<reuse::Recent>,
 }
 
 /// A cheap handle to the broker link, shared by every connection.
@@ -194,6 +198,7 @@ pub fn start(
         projection,
         prefetch: config.prefetch,
         route_by_room: config.route_by_room,
+        history_reuse: config.history_reuse(),
         channels,
         shutdown,
     };

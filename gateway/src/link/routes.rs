@@ -22,6 +22,7 @@ use chat_core::topology::Topology;
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
+use super::reuse::Recent;
 use crate::rooms::Rooms;
 
 /// A room's binding on this session: the mark it was bound at, or `None` while unbound.
@@ -37,18 +38,26 @@ pub(super) struct Routes {
     queue: String,
     /// Every room bound, being bound or being unbound.
     rooms: Mutex<HashMap<Arc<str>, Binding>>,
+    /// The session's kept history replies: an unbind makes its room's unusable.
+    recent: Arc<Recent>,
     /// Cancelled when the broker refused a bind or unbind (the channel is then closed): the
     /// session ends, and the next one binds every served room afresh.
     pub(super) failed: CancellationToken,
 }
 
 impl Routes {
-    pub(super) fn new(topology: Topology, channel: Channel, queue: String) -> Self {
+    pub(super) fn new(
+        topology: Topology,
+        channel: Channel,
+        queue: String,
+        recent: Arc<Recent>,
+    ) -> Self {
         Self {
             topology,
             channel,
             queue,
             rooms: Mutex::default(),
+            recent,
             failed: CancellationToken::new(),
         }
     }
@@ -116,6 +125,7 @@ impl Routes {
                 {
                     Ok(()) => {
                         *bound = None;
+                        self.recent.forget(room);
                         metrics::counter!("chat_route_changes_total", "change" => "unbind")
                             .increment(1);
                     }

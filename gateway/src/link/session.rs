@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::acks::{LazyAck, Next};
 use super::history::{Waiting, REPLY_TO};
+use super::reuse::Recent;
 use super::routes::Routes;
 use super::Channels;
 use crate::access::Projection;
@@ -46,6 +47,8 @@ pub(super) struct LinkSession {
     pub(super) prefetch: u16,
     /// Whether the queue gets only the served rooms' events (`ROUTE_BY_ROOM`).
     pub(super) route_by_room: bool,
+    /// How long a history reply answers further joins (`HISTORY_REUSE_MS`).
+    pub(super) history_reuse: Duration,
     /// Where the [`Link`](super::Link) handles find the current session's channels.
     pub(super) channels: watch::Sender<Option<Arc<Channels>>>,
     pub(super) shutdown: CancellationToken,
@@ -79,6 +82,7 @@ async fn run(
         projection,
         prefetch,
         route_by_room,
+        history_reuse,
         channels,
         shutdown,
     } = link;
@@ -98,9 +102,16 @@ async fn run(
         .declare_gateway_queue(&consumer_channel, *route_by_room)
         .await
         .context("Failed to declare the gateway queue")?;
+    // A new session keeps no reply of the last one: events may have been missed between.
+    let recent = Arc::new(Recent::new(*history_reuse));
     let routes = if *route_by_room {
         let channel = chat_core::broker::open_channel(connection).await?;
-        let routes = Arc::new(Routes::new(topology.clone(), channel, queue.clone()));
+        let routes = Arc::new(Routes::new(
+            topology.clone(),
+            channel,
+            queue.clone(),
+            recent.clone(),
+        ));
         // Every room with members here is bound before the session says it is up: gap
         // repair then asks the archive only once each room's live flow is back, and joins
         // find their room bound. The binds go out at once, one answer after the other.
@@ -141,6 +152,7 @@ async fn run(
         waiting: waiting.clone(),
         nacked: nacked.clone(),
         routes: routes.clone(),
+        recent,
     })));
     supervisor.up();
     let routed = routes.as_ref().map(|r| r.len());
