@@ -26,8 +26,11 @@ use chat_core::history::{HistoryReply, HistoryRequest};
 use tokio::time::Instant;
 
 /// Most replies kept at once: a storm into many distinct rooms gains nothing from reuse
-/// (each room is asked once anyway) and must not hold thousands of histories.
-const MOST_KEPT: usize = 1024;
+/// (each room is asked once anyway) and must not hold thousands of histories. A kept
+/// reply of 50 events holds about 30 KB (an `Event` is a few hundred bytes with its
+/// strings), so this bounds the cache at about 8 MB per gateway; in the idle benchmark
+/// (100 rooms) it holds about 3 MB, 0.5 KiB per connection of 5000 (BENCHMARKS.md).
+const MOST_KEPT: usize = 256;
 
 /// One session's recent replies.
 #[derive(Debug)]
