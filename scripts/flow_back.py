@@ -38,16 +38,28 @@ async def client(port, name):
     return ws
 
 
+async def read_live(bob, seen):
+    """Records when each event's text first reached bob."""
+    async for raw in bob:
+        frame = json.loads(raw)
+        if frame.get("type") == "event":
+            seen.setdefault(frame["event"].get("text") or "", time.monotonic())
+
+
+async def probe(alice, n, stop, sent):
+    """Says a probe every 0.5 s on alice's gateway until `stop`; records (text, time) in `sent`."""
+    k = 0
+    while not stop.is_set():
+        k += 1
+        text = "probe-%d-%d" % (n, k)
+        sent.append((text, time.monotonic()))
+        await alice.send(json.dumps({"type": "say", "room": "lobby", "text": text, "ref": text}))
+        await asyncio.sleep(0.5)
+
+
 async def one_run(n, alice, bob, gw_ports, kill, start, await_startup):
     seen = {}
     answers = {}
-
-    async def read_bob():
-        async for raw in bob:
-            frame = json.loads(raw)
-            if frame.get("type") == "event":
-                text = frame["event"].get("text") or ""
-                seen.setdefault(text, time.monotonic())
 
     async def read_alice():
         async for raw in alice:
@@ -55,18 +67,9 @@ async def one_run(n, alice, bob, gw_ports, kill, start, await_startup):
             if frame.get("type") in ("ack", "error") and frame.get("ref"):
                 answers[frame["ref"]] = frame["type"]
 
-    readers = [asyncio.ensure_future(read_bob()), asyncio.ensure_future(read_alice())]
+    readers = [asyncio.ensure_future(read_live(bob, seen)), asyncio.ensure_future(read_alice())]
     stop = asyncio.Event()
     sent = []
-
-    async def probe():
-        k = 0
-        while not stop.is_set():
-            k += 1
-            text = "probe-%d-%d" % (n, k)
-            sent.append((text, time.monotonic()))
-            await alice.send(json.dumps({"type": "say", "room": "lobby", "text": text, "ref": text}))
-            await asyncio.sleep(0.5)
 
     up = {}
 
@@ -78,7 +81,7 @@ async def one_run(n, alice, bob, gw_ports, kill, start, await_startup):
             await asyncio.sleep(0.05)
 
     await asyncio.to_thread(subprocess.run, kill, shell=True, check=True)
-    prober = asyncio.ensure_future(probe())
+    prober = asyncio.ensure_future(probe(alice, n, stop, sent))
     await asyncio.sleep(0.5)
     await asyncio.to_thread(subprocess.run, start, shell=True, check=True, stdout=subprocess.DEVNULL)
     port_open = time.monotonic()
@@ -121,30 +124,15 @@ async def one_cluster_run(n, alice, bob, kill, start, await_startup):
     seen = {}
     refused = []
 
-    async def read_bob():
-        async for raw in bob:
-            frame = json.loads(raw)
-            if frame.get("type") == "event":
-                seen.setdefault(frame["event"].get("text") or "", time.monotonic())
-
     async def read_alice():
         async for raw in alice:
             frame = json.loads(raw)
             if frame.get("type") == "error" and frame.get("ref"):
                 refused.append(frame.get("code"))
 
-    readers = [asyncio.ensure_future(read_bob()), asyncio.ensure_future(read_alice())]
+    readers = [asyncio.ensure_future(read_live(bob, seen)), asyncio.ensure_future(read_alice())]
     stop = asyncio.Event()
     sent = []
-
-    async def probe():
-        k = 0
-        while not stop.is_set():
-            k += 1
-            text = "probe-%d-%d" % (n, k)
-            sent.append(text)
-            await alice.send(json.dumps({"type": "say", "room": "lobby", "text": text, "ref": text}))
-            await asyncio.sleep(0.5)
 
     # `kill` is run in two steps: its first line picks the node (a rabbitmqctl call, not
     # timed), its second kills it; then `start` brings that node back.
@@ -154,10 +142,10 @@ async def one_cluster_run(n, alice, bob, kill, start, await_startup):
     t0 = time.monotonic()
     out = await asyncio.to_thread(subprocess.run, kill, shell=True, check=True, capture_output=True, text=True)
     killed = (time.monotonic() - t0) * 1000
-    prober = asyncio.ensure_future(probe())
+    prober = asyncio.ensure_future(probe(alice, n, stop, sent))
     flow = None
     while time.monotonic() - t0 < 30:
-        live = [seen[t] for t in sent if t in seen]
+        live = [seen[t] for t, _ in sent if t in seen]
         if live:
             flow = min(live) - t0
             break

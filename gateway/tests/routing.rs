@@ -27,16 +27,21 @@ async fn gateway_process(prefix: &str, id: &str, env: &[(&str, &str)]) -> (Proce
     (process, service)
 }
 
-/// The gateway's `chat_events_consumed_total`: deliveries it took from its queue.
-async fn consumed(gateway: &Service) -> u64 {
+/// The value of the gateway's metric line that starts with `series` (0 if absent).
+async fn counter(gateway: &Service, series: &str) -> u64 {
     let (status, metrics) = http_get(gateway.addr(), "/metrics").await;
     assert_eq!(status, 200);
     metrics
         .lines()
-        .find(|l| l.starts_with("chat_events_consumed_total"))
+        .find(|l| l.starts_with(series))
         .map_or(0, |l| {
             l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
         })
+}
+
+/// The gateway's `chat_events_consumed_total`: deliveries it took from its queue.
+async fn consumed(gateway: &Service) -> u64 {
+    counter(gateway, "chat_events_consumed_total").await
 }
 
 /// Waits until the gateway has consumed exactly `expected` deliveries (and stays there
@@ -172,13 +177,12 @@ async fn a_join_racing_a_burst_of_messages_gets_each_message_once_and_in_order()
             "round {round}: history ({from_history}) then live, each message once, in order"
         );
         // Nothing more arrives: no repeat after the last one.
-        let extra: Vec<Value> = bob
-            .drain_for(Duration::from_millis(300))
-            .await
-            .into_iter()
-            .filter(|f| f["type"] == "event" && f["event"]["type"] == "message")
-            .collect();
-        assert!(extra.is_empty(), "round {round}: repeats {extra:?}");
+        no_more_messages(
+            &mut bob,
+            Duration::from_millis(300),
+            &format!("round {round}"),
+        )
+        .await;
         support::report(&format!(
             "join racing a burst (round {round}): {MESSAGES} messages, {from_history} from \
              the history, the rest live, none missing or repeated"
@@ -192,14 +196,11 @@ async fn a_join_racing_a_burst_of_messages_gets_each_message_once_and_in_order()
 
 /// The gateway's `chat_history_asks_total` for `role` (asked, shared, reused, again).
 async fn history_asks(gateway: &Service, role: &str) -> u64 {
-    let (_, metrics) = http_get(gateway.addr(), "/metrics").await;
-    let prefix = format!("chat_history_asks_total{{role=\"{role}\"}}");
-    metrics
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .map_or(0, |l| {
-            l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
-        })
+    counter(
+        gateway,
+        &format!("chat_history_asks_total{{role=\"{role}\"}}"),
+    )
+    .await
 }
 
 /// Joins `room` and collects its messages, history then live, until it has `count`.
@@ -214,14 +215,19 @@ async fn messages_seen(client: &mut Client, room: &str, name: &str, count: usize
             got.push(frame["event"]["text"].as_str().unwrap().to_owned());
         }
     }
+    no_more_messages(client, Duration::from_millis(200), name).await;
+    got
+}
+
+/// Fails if a message event reaches `client` within `window`: a repeat of one it had.
+async fn no_more_messages(client: &mut Client, window: Duration, who: &str) {
     let extra: Vec<Value> = client
-        .drain_for(Duration::from_millis(200))
+        .drain_for(window)
         .await
         .into_iter()
         .filter(|f| f["type"] == "event" && f["event"]["type"] == "message")
         .collect();
-    assert!(extra.is_empty(), "{name}: repeats {extra:?}");
-    got
+    assert!(extra.is_empty(), "{who}: repeats {extra:?}");
 }
 
 #[tokio::test]
