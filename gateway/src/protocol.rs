@@ -500,7 +500,8 @@ pub enum ServerMessage<'a> {
         room: &'a str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
-        history: &'a [Event],
+        /// The events, oldest first, encoded once per history reply (`link::Page`).
+        history: &'a serde_json::value::RawValue,
         /// Set when the room is private (the page shows a lock); absent for public rooms.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         private: bool,

@@ -62,7 +62,8 @@ pub struct Left {
 pub struct Joined {
     pub room: Arc<str>,
     pub messages: Vec<String>,
-    pub history_ids: Vec<String>,
+    /// The history's event ids, shared by every join the reply answered.
+    pub history_ids: Arc<[Box<str>]>,
     /// Events received before the join that the archive may not have had yet.
     pub unarchived: Vec<Arc<SharedEvent>>,
     /// The `forbidden` error that answers the join instead if its member was removed from

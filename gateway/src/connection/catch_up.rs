@@ -106,18 +106,22 @@ pub(crate) fn reaches<'a>(
 /// What follows a join's history: the `unarchived` events (from [`received_after`]), then
 /// the `buffered` live ones, leaving out those whose id the history has and every repeat.
 pub(crate) fn after_history(
-    history_ids: Vec<String>,
+    history_ids: &[Box<str>],
     unarchived: Vec<Arc<SharedEvent>>,
     buffered: Vec<Arc<SharedEvent>>,
-) -> impl Iterator<Item = Arc<SharedEvent>> {
-    let mut seen: HashSet<Box<str>> = history_ids
-        .into_iter()
-        .map(String::into_boxed_str)
-        .collect();
-    unarchived
-        .into_iter()
-        .chain(buffered)
-        .filter(move |event| seen.insert(event.id.clone()))
+) -> Vec<Arc<SharedEvent>> {
+    if unarchived.is_empty() && buffered.is_empty() {
+        return Vec::new();
+    }
+    let history: HashSet<&str> = history_ids.iter().map(|id| &**id).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut after = Vec::new();
+    for event in unarchived.iter().chain(&buffered) {
+        if !history.contains(&*event.id) && seen.insert(&event.id) {
+            after.push(event.clone());
+        }
+    }
+    after
 }
 
 #[cfg(test)]
@@ -259,8 +263,9 @@ mod tests {
                 .and_then(|after| received_after(&latest, "lobby", after))
                 .unwrap_or_default();
             let buffered = case.buffered.iter().map(|id| event("lobby", id)).collect();
-            let history = case.history.iter().map(|id| id.to_string()).collect();
-            let sent: Vec<_> = after_history(history, unarchived, buffered)
+            let history: Vec<Box<str>> = case.history.iter().map(|id| (*id).into()).collect();
+            let sent: Vec<_> = after_history(&history, unarchived, buffered)
+                .iter()
                 .map(|event| event.id.to_string())
                 .collect();
             assert_eq!(sent, case.then, "{}", case.what);

@@ -6,17 +6,15 @@
 //! answers without asking when the events after it are still in the gateway's memory
 //! ([`reuse`], `link::reuse`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use chat_core::history::{HistoryReply, HistoryRequest};
-use chat_core::EventKind;
+use chat_core::history::HistoryRequest;
 use tokio::time::Instant;
 
 use super::catch_up;
 use super::commands::{error_message, forbidden_message};
-use crate::idempotency::fingerprint;
-use crate::link::HistoryError;
+use crate::link::{HistoryError, Page};
 use crate::outbox;
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::rooms::{Joined, Outbound, SharedEvent};
@@ -76,22 +74,20 @@ pub(super) async fn load(
             None
         }
     };
-    // Shared with every join that asked the same question at the same time.
-    let history = reply.as_ref().map_or(&[][..], |reply| &reply.events[..]);
+    // Shared with every join that asked the same question at the same time, and with
+    // those that reuse it.
+    static EMPTY: LazyLock<Page> = LazyLock::new(Page::empty);
+    let history = reply.as_deref().unwrap_or(&EMPTY);
     // With routing by room this gateway sees only its rooms' messages go by: it learns
     // those of a room it starts serving from the room's history, so that a resend of a
     // recent one here is still recognised (acked again, or refused as a conflict).
-    for event in history.iter().filter(|e| e.kind == EventKind::Message) {
-        if let Some(text) = event.text.as_deref() {
-            state
-                .says
-                .observe(&event.id, fingerprint(&event.room, &event.user, text));
-        }
+    for (id, print) in history.messages() {
+        state.says.observe(id, print);
     }
     let joined = ServerMessage::Joined {
         room: &request.room,
         r#ref: r#ref.as_deref(),
-        history,
+        history: history.events_json(),
         private: state.projection.is_private(&room),
     };
     // The error explaining an empty or fallback history comes first, then `joined`, then
@@ -101,16 +97,13 @@ pub(super) async fn load(
     messages.push(state.presence.joined_message(&room));
     // Events this gateway received just before the client was registered may not be
     // archived yet: those after the history's last event (or after `since`) follow it.
-    let anchor = catch_up::anchor(
-        history.last().map(|e| e.id.as_str()),
-        request.since.as_deref(),
-    );
+    let anchor = catch_up::anchor(history.last_id(), request.since.as_deref());
     let unarchived = followed.unwrap_or_else(|| {
         anchor
             .and_then(|id| state.rooms.received_after(&room, id))
             .unwrap_or_default()
     });
-    let history_ids = history.iter().map(|e| e.id.clone()).collect();
+    let history_ids = history.ids().clone();
     let refused = forbidden_message(r#ref.as_deref(), &room);
     let _ = outbox
         .send(Outbound::Joined(Box::new(Joined {
@@ -152,12 +145,12 @@ fn reuse(
     state: &State,
     request: &HistoryRequest,
     mark: Option<u64>,
-) -> Option<(Arc<HistoryReply>, Vec<Arc<SharedEvent>>)> {
+) -> Option<(Arc<Page>, Vec<Arc<SharedEvent>>)> {
     if request.since.is_some() {
         return None;
     }
     let reply = state.link.recent_history(request)?;
-    let last = reply.events.last()?.id.as_str();
+    let last = reply.last_id()?;
     if mark.is_some_and(|mark| !state.rooms.reaches(Some(last), mark)) {
         return None;
     }
@@ -180,18 +173,15 @@ async fn ask(
     state: &State,
     request: &HistoryRequest,
     mark: Option<u64>,
-) -> Result<Arc<HistoryReply>, HistoryError> {
+) -> Result<Arc<Page>, HistoryError> {
     let deadline = Instant::now() + state.config.history_timeout();
     let mut pause = FIRST_PAUSE;
     loop {
-        let reply = state.link.history(request).await?;
+        let reply = state.link.page(request).await?;
         let Some(mark) = mark else {
             return Ok(reply);
         };
-        let anchor = catch_up::anchor(
-            reply.events.last().map(|e| e.id.as_str()),
-            request.since.as_deref(),
-        );
+        let anchor = catch_up::anchor(reply.last_id(), request.since.as_deref());
         if state.rooms.reaches(anchor, mark) {
             return Ok(reply);
         }

@@ -188,7 +188,7 @@ fn apply(
             }
             // After the history: the events received before the join but not archived yet,
             // then those buffered since, each once.
-            for event in catch_up::after_history(history_ids, unarchived, buffered) {
+            for event in catch_up::after_history(&history_ids, unarchived, buffered) {
                 writer.push(event.frame.clone());
             }
         }
@@ -322,7 +322,7 @@ mod tests {
             Outbound::Joined(Box::new(Joined {
                 room: room.clone(),
                 messages: vec![format!("joined {n}")],
-                history_ids: Vec::new(),
+                history_ids: Arc::from([]),
                 unarchived: Vec::new(),
                 refused: format!("forbidden {n}"),
             }))

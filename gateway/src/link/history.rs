@@ -1,8 +1,9 @@
 //! History over the broker: a request to `<prefix>.history` with RabbitMQ's direct
 //! reply-to, and the replies matched back to their waiting requests by correlation id.
 //! Identical history requests in flight at once are sent once and share the reply
-//! ([`SingleFlight`]). The same path carries the membership replay and the look-up of an
-//! edit's, deletion's or reaction's target message.
+//! ([`SingleFlight`]); a join's reply is made a [`Page`] once, for all who share it and for
+//! the joins that follow ([`super::reuse`]). The same path carries the membership replay
+//! and the look-up of an edit's, deletion's or reaction's target message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,13 +17,17 @@ use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use tokio::sync::oneshot;
 
+use super::page::Page;
 use super::single_flight::{Role, SingleFlight};
 use super::Link;
 
-/// History requests in flight, each asked of the archive once however many joins wait
-/// for it.
+/// History requests in flight, each asked of the archive once however many callers wait
+/// for it: the gap repair's and a room creation's, which need the events themselves.
 pub(super) type HistoryCalls =
     SingleFlight<HistoryRequest, Result<Arc<HistoryReply>, HistoryError>>;
+
+/// Joins' history requests in flight, each asked once however many joins wait for it.
+pub(super) type PageCalls = SingleFlight<HistoryRequest, Result<Arc<Page>, HistoryError>>;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub(super) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -71,8 +76,7 @@ impl Waiting {
 
 impl Link {
     /// Asks the archiver for a room's history over the broker; a request identical to one
-    /// in flight waits for that one's reply instead of being sent again. The reply is kept
-    /// for the joins that follow ([`Link::recent_history`]).
+    /// in flight waits for that one's reply instead of being sent again.
     pub async fn history(
         &self,
         request: &HistoryRequest,
@@ -80,33 +84,48 @@ impl Link {
         let (reply, role) = self
             .history_calls
             .run(request.clone(), || async {
-                let recent = self.current().map(|session| session.recent.clone());
-                let ticket = recent.as_ref().map(|recent| recent.ticket());
-                let body = serde_json::to_vec(request).expect("history requests serialise");
-                let reply: HistoryReply = self.ask(&body, None).await?;
-                if let Some(error) = reply.error {
-                    return Err(HistoryError::Archive(error));
-                }
-                let reply = Arc::new(reply);
-                if let (Some(recent), Some(ticket)) = (recent, ticket) {
-                    recent.keep(ticket, request, &reply);
-                }
-                Ok(reply)
+                self.ask_history(request).await.map(Arc::new)
             })
             .await;
-        let role = match role {
-            Role::Made => "asked",
-            Role::Shared => "shared",
-        };
-        metrics::counter!("chat_history_asks_total", "role" => role).increment(1);
+        count(role);
         reply
     }
 
-    /// A reply to `request` that this session received less than a second ago, while the
+    /// A join's history: asked of the archiver as [`Link::history`] does, shared with the
+    /// joins asking at the same time, encoded once, and kept for the joins that follow
+    /// ([`Link::recent_history`]).
+    pub async fn page(&self, request: &HistoryRequest) -> Result<Arc<Page>, HistoryError> {
+        let (page, role) = self
+            .page_calls
+            .run(request.clone(), || async {
+                let recent = self.current().map(|session| session.recent.clone());
+                let ticket = recent.as_ref().map(|recent| recent.ticket());
+                let page = Arc::new(Page::new(self.ask_history(request).await?));
+                if let (Some(recent), Some(ticket)) = (recent, ticket) {
+                    recent.keep(ticket, request, &page);
+                }
+                Ok(page)
+            })
+            .await;
+        count(role);
+        page
+    }
+
+    /// A join's history that this session received less than a second ago, while the
     /// room stayed bound (see [`super::reuse`]); the caller must still check that the
     /// events after it are known.
-    pub fn recent_history(&self, request: &HistoryRequest) -> Option<Arc<HistoryReply>> {
+    pub fn recent_history(&self, request: &HistoryRequest) -> Option<Arc<Page>> {
         self.current()?.recent.get(request)
+    }
+
+    /// One history request sent to the archiver, its answer or its error.
+    async fn ask_history(&self, request: &HistoryRequest) -> Result<HistoryReply, HistoryError> {
+        let body = serde_json::to_vec(request).expect("history requests serialise");
+        let reply: HistoryReply = self.ask(&body, None).await?;
+        match reply.error {
+            Some(error) => Err(HistoryError::Archive(error)),
+            None => Ok(reply),
+        }
     }
 
     /// Asks the archiver for one page of the membership replay over the broker.
@@ -177,4 +196,13 @@ impl Link {
         session.waiting.lock().remove(&correlation_id);
         outcome
     }
+}
+
+/// Counts a history request as sent (`asked`) or answered by one in flight (`shared`).
+fn count(role: Role) {
+    let role = match role {
+        Role::Made => "asked",
+        Role::Shared => "shared",
+    };
+    metrics::counter!("chat_history_asks_total", "role" => role).increment(1);
 }

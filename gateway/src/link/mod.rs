@@ -11,6 +11,7 @@
 
 mod acks;
 mod history;
+mod page;
 mod publish;
 mod reuse;
 mod routes;
@@ -31,6 +32,7 @@ use crate::idempotency::Says;
 use crate::rooms::Rooms;
 
 pub use history::HistoryError;
+pub use page::Page;
 pub use publish::PublishError;
 
 /// The live channels while connected.
@@ -59,6 +61,8 @@ pub struct Link {
     history_timeout: Duration,
     /// History requests in flight, shared by identical ones.
     history_calls: Arc<history::HistoryCalls>,
+    /// Joins' history requests in flight, shared by identical ones.
+    page_calls: Arc<history::PageCalls>,
     /// Whether the gateway's queue gets only the served rooms' events (`ROUTE_BY_ROOM`).
     route_by_room: bool,
 }
@@ -183,6 +187,7 @@ pub fn start(
         publish_timeout: config.publish_timeout(),
         history_timeout: config.history_timeout(),
         history_calls: Arc::default(),
+        page_calls: Arc::default(),
         route_by_room: config.route_by_room,
     };
     let supervisor = Supervisor::new(

@@ -22,14 +22,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_core::history::{HistoryReply, HistoryRequest};
+use chat_core::history::HistoryRequest;
 use tokio::time::Instant;
+
+use super::page::Page;
 
 /// Most replies kept at once: a storm into many distinct rooms gains nothing from reuse
 /// (each room is asked once anyway) and must not hold thousands of histories. A kept
-/// reply of 50 events holds about 30 KB (an `Event` is a few hundred bytes with its
-/// strings), so this bounds the cache at about 8 MB per gateway; in the idle benchmark
-/// (100 rooms) it holds about 3 MB, 0.5 KiB per connection of 5000 (BENCHMARKS.md).
+/// reply of 50 events is a [`Page`] of about 15 KB (the encoded events, their ids and
+/// their messages' fingerprints), so this bounds the cache at about 4 MB per gateway.
 const MOST_KEPT: usize = 256;
 
 /// One session's recent replies.
@@ -46,7 +47,7 @@ pub(super) struct Recent {
 struct Kept {
     /// Counts the unbinds: a reply is kept only if none happened while it was fetched.
     epoch: u64,
-    replies: HashMap<HistoryRequest, (Arc<HistoryReply>, Instant)>,
+    replies: HashMap<HistoryRequest, (Arc<Page>, Instant)>,
 }
 
 impl Recent {
@@ -70,10 +71,10 @@ impl Recent {
     /// Keeps a reply for the joins that follow, unless an unbind happened since `ticket`.
     /// Only latest-history replies with at least one event are kept: an empty history has
     /// no last event to find the events after it by, and a `since` is a client's own.
-    pub(super) fn keep(&self, ticket: u64, request: &HistoryRequest, reply: &Arc<HistoryReply>) {
+    pub(super) fn keep(&self, ticket: u64, request: &HistoryRequest, reply: &Arc<Page>) {
         if self.reuse_for.is_zero()
             || request.since.is_some()
-            || reply.events.is_empty()
+            || reply.last_id().is_none()
             || reply.since_error.is_some()
         {
             return;
@@ -94,7 +95,7 @@ impl Recent {
     }
 
     /// A reply to `request` kept less than `HISTORY_REUSE_MS` ago.
-    pub(super) fn get(&self, request: &HistoryRequest) -> Option<Arc<HistoryReply>> {
+    pub(super) fn get(&self, request: &HistoryRequest) -> Option<Arc<Page>> {
         let mut kept = self.lock();
         let (reply, at) = kept.replies.get(request)?;
         if at.elapsed() < self.reuse_for {
@@ -117,6 +118,7 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_core::history::HistoryReply;
     use chat_core::{Event, EventKind};
 
     fn request(room: &str) -> HistoryRequest {
@@ -127,14 +129,14 @@ mod tests {
         }
     }
 
-    fn reply(events: usize) -> Arc<HistoryReply> {
+    fn reply(events: usize) -> Arc<Page> {
         let event = Event::new(EventKind::Join, "lobby", "alice", None, "gw");
-        Arc::new(HistoryReply {
+        Arc::new(Page::new(HistoryReply {
             events: vec![event; events],
             since_error: None,
             error: None,
             private: false,
-        })
+        }))
     }
 
     const SECOND: Duration = Duration::from_secs(1);
