@@ -29,8 +29,8 @@ use super::page::Page;
 
 /// Most replies kept at once: a storm into many distinct rooms gains nothing from reuse
 /// (each room is asked once anyway) and must not hold thousands of histories. A kept
-/// reply of 50 events is a [`Page`] of about 15 KB (the encoded events, their ids and
-/// their messages' fingerprints), so this bounds the cache at about 4 MB per gateway.
+/// reply is a [`Page`]: its events encoded as JSON (a few hundred bytes each), their ids
+/// and their messages' fingerprints; at 50 events, some tens of KB at most per reply.
 const MOST_KEPT: usize = 256;
 
 /// One session's recent replies.
