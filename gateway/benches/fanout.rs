@@ -37,7 +37,7 @@ fn fanout(c: &mut Criterion) {
             let rooms = Rooms::default();
             let mut inboxes = Vec::with_capacity(n);
             for conn in 0..n as u64 {
-                let (outbox, inbox) = outbox::channel::<Outbound>(1 << 16);
+                let (outbox, inbox) = outbox::channel::<Outbound, gateway::ws::Direct>(1 << 16);
                 let kick = CancellationToken::new();
                 rooms.join(
                     "lobby",

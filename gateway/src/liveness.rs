@@ -18,8 +18,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox;
-use crate::rooms::{ConnId, Outbound};
+use crate::rooms::{ConnId, Outbound, Outbox};
 
 /// An unmasked websocket ping with no payload.
 const PING: &[u8] = &[0x89, 0x00];
@@ -32,7 +31,7 @@ pub struct Heartbeat {
     pinged_at: AtomicU64,
     /// Set when the connection is closed for not answering.
     timed_out: AtomicBool,
-    outbox: outbox::Sender<Outbound>,
+    outbox: Outbox,
     kick: CancellationToken,
     epoch: Instant,
 }
@@ -101,12 +100,7 @@ impl Liveness {
     }
 
     /// Starts watching a connection; call [`Liveness::remove`] when it ends.
-    pub fn add(
-        &self,
-        conn: ConnId,
-        outbox: outbox::Sender<Outbound>,
-        kick: CancellationToken,
-    ) -> Arc<Heartbeat> {
+    pub fn add(&self, conn: ConnId, outbox: Outbox, kick: CancellationToken) -> Arc<Heartbeat> {
         let heartbeat = Arc::new(Heartbeat {
             last_seen: AtomicU64::new(millis(self.epoch)),
             pinged_at: AtomicU64::new(0),
@@ -179,6 +173,7 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox;
 
     const INTERVAL: u64 = 25_000;
     const TIMEOUT: u64 = 20_000;

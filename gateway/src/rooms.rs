@@ -20,7 +20,11 @@ use crate::close::Close;
 use crate::connection::catch_up;
 use crate::outbox;
 use crate::protocol::event_message;
-use crate::ws::frame;
+use crate::ws::{frame, Direct, Written};
+
+/// A client's queue. While its writer waits with nothing queued it leaves the socket as the
+/// queue's bypass, and the fanout writes live events straight to it (see `outbox`).
+pub type Outbox = outbox::Sender<Outbound, Direct>;
 
 /// Identifies one websocket connection within this gateway.
 pub type ConnId = u64;
@@ -89,7 +93,7 @@ pub struct SharedEvent {
 /// who it is, so a membership change can find it.
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub outbox: outbox::Sender<Outbound>,
+    pub outbox: Outbox,
     pub kick: CancellationToken,
     /// The verified user id; `None` for a guest.
     pub user: Option<Arc<str>>,
@@ -449,8 +453,14 @@ impl Rooms {
             return 0;
         };
         let mut delivered = 0;
+        let mut direct = 0;
         for member in members.values() {
-            match member.outbox.try_send(Outbound::Event(shared.clone())) {
+            let item = Outbound::Event(shared.clone());
+            let sent = member.outbox.try_send_via(item, |socket, item| {
+                direct += 1;
+                write_direct(socket, item, &member.kick)
+            });
+            match sent {
                 Ok(()) => delivered += 1,
                 Err(outbox::TrySendError::Full(_)) => {
                     if !member.kick.is_cancelled() {
@@ -462,11 +472,30 @@ impl Rooms {
                 Err(outbox::TrySendError::Closed(_)) => {}
             }
         }
+        metrics::counter!("chat_events_written_direct_total").increment(direct);
         delivered
     }
 
     /// How many rooms have local members.
     pub fn room_count(&self) -> usize {
         self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Writes a live event to a waiting writer's socket; returns what is left for the writer to
+/// send (all of it if the socket is full). A broken connection is kicked, as the writer
+/// would.
+fn write_direct(socket: &Direct, item: Outbound, kick: &CancellationToken) -> Option<Outbound> {
+    let Outbound::Event(event) = &item else {
+        return Some(item);
+    };
+    match socket.write(&event.frame) {
+        Written::All => None,
+        Written::Rest(rest) if rest.len() == event.frame.len() => Some(item),
+        Written::Rest(rest) => Some(Outbound::Encoded(Box::new(rest))),
+        Written::Failed => {
+            kick.cancel();
+            None
+        }
     }
 }

@@ -21,9 +21,8 @@ use super::history;
 use crate::close::Close;
 use crate::idempotency::{self, Claim, Outcome};
 use crate::link::PublishError;
-use crate::outbox;
 use crate::protocol::{Command, ErrorCode, Rejection, ServerMessage};
-use crate::rooms::{ConnId, Left, Member, Outbound};
+use crate::rooms::{ConnId, Left, Member, Outbound, Outbox};
 use crate::State;
 
 /// Least time between two relayed `typing` starts of one connection in one room.
@@ -45,7 +44,7 @@ pub(super) enum Speaker {
 pub(super) struct Session {
     pub(super) conn: ConnId,
     state: Arc<State>,
-    pub(super) outbox: outbox::Sender<Outbound>,
+    pub(super) outbox: Outbox,
     pub(super) kick: CancellationToken,
     /// Who the connection speaks as.
     pub(super) speaker: Speaker,
@@ -62,7 +61,7 @@ impl Session {
     pub(super) fn new(
         conn: ConnId,
         state: Arc<State>,
-        outbox: outbox::Sender<Outbound>,
+        outbox: Outbox,
         kick: CancellationToken,
     ) -> Self {
         let speaker = if state.verifier.is_some() {

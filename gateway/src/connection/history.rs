@@ -15,9 +15,8 @@ use tokio::time::Instant;
 use super::catch_up;
 use super::commands::{error_message, forbidden_message};
 use crate::link::{HistoryError, Page};
-use crate::outbox;
 use crate::protocol::{ErrorCode, ServerMessage};
-use crate::rooms::{Joined, Outbound, SharedEvent};
+use crate::rooms::{Joined, Outbound, Outbox, SharedEvent};
 use crate::State;
 
 /// First pause before asking again for a history that does not reach the room's binding
@@ -32,7 +31,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(160);
 /// `state.background`, so shutdown waits for it before closing the broker link.
 pub(super) async fn load(
     state: Arc<State>,
-    outbox: outbox::Sender<Outbound>,
+    outbox: Outbox,
     room: Arc<str>,
     request: HistoryRequest,
     r#ref: Option<String>,

@@ -42,10 +42,13 @@ pub(super) struct Coalescing {
 /// kicks the reader in turn. Whatever queued up while a write was in progress goes out in
 /// the next write, so a burst costs one system call; with [`Coalescing`], the writer also
 /// waits its delay before taking the queue. A write blocked on a client that does not read
-/// is abandoned on kick, so a stuck client cannot hold its task forever.
+/// is abandoned on kick, so a stuck client cannot hold its task forever. While it waits on
+/// an empty queue (no write delay, no join buffering), live events are written by the
+/// fanout directly; the queue revokes that the moment anything else is queued or the wait
+/// ends, so the order is the queue's order.
 pub(super) async fn write_loop(
     mut writer: ws::Writer,
-    mut inbox: outbox::Receiver<Outbound>,
+    mut inbox: outbox::Receiver<Outbound, ws::Direct>,
     kick: CancellationToken,
     heartbeat: Arc<Heartbeat>,
     coalescing: Coalescing,
@@ -62,10 +65,16 @@ pub(super) async fn write_loop(
         coalescing.max_frames.max(1)
     };
     let kicked = 'burst: loop {
+        // Waiting with nothing in hand, every room live and no write delay: the fanout may
+        // write live events to the socket itself meanwhile (`rooms::Outbox`), which saves
+        // waking this task for each. Buffering a join, the events must come through here.
+        let bypass = (coalescing.delay.is_zero()
+            && rooms.values().all(|view| matches!(view, RoomView::Live)))
+        .then(|| writer.direct());
         let received = tokio::select! {
             biased;
             _ = kick.cancelled() => break true,
-            received = inbox.recv_all(&mut batch) => received,
+            received = inbox.recv_all_or_bypass(&mut batch, bypass) => received,
         };
         if !received {
             break false;
@@ -246,7 +255,7 @@ mod tests {
 
     struct Harness {
         client: TcpStream,
-        outbox: outbox::Sender<Outbound>,
+        outbox: crate::rooms::Outbox,
         kick: CancellationToken,
         writer: tokio::task::JoinHandle<()>,
     }

@@ -11,7 +11,7 @@ pub mod reader;
 pub mod writer;
 
 pub use reader::{Incoming, ReadError, Reader};
-pub use writer::Writer;
+pub use writer::{Direct, Writer, Written};
 
 use base64::Engine;
 use sha1::{Digest, Sha1};

@@ -1,10 +1,13 @@
 //! The sending half of a client's websocket: encoded frames (most of them shared with every
 //! other member of a room) wait in a queue of byte handles and go out together in one
 //! vectored write, so a burst of events costs one system call and no copying. Between
-//! bursts nothing is allocated.
+//! bursts nothing is allocated. While the writer's task waits with nothing queued, a
+//! [`Direct`] handle lets the fanout write a live event itself (see `outbox`), which saves
+//! the task wake-up per delivery that otherwise costs more than the write.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -15,7 +18,7 @@ const MAX_SLICES: usize = 64;
 /// Writes frames to one client.
 #[derive(Debug)]
 pub struct Writer {
-    socket: OwnedWriteHalf,
+    socket: Arc<OwnedWriteHalf>,
     pending: VecDeque<Bytes>,
     pending_bytes: usize,
 }
@@ -23,10 +26,16 @@ pub struct Writer {
 impl Writer {
     pub fn new(socket: OwnedWriteHalf) -> Self {
         Self {
-            socket,
+            socket: Arc::new(socket),
             pending: VecDeque::new(),
             pending_bytes: 0,
         }
+    }
+
+    /// A handle that writes to the same socket. The caller makes sure that only one of
+    /// them writes at a time and that nothing is pending here while the handle is used.
+    pub fn direct(&self) -> Direct {
+        Direct(self.socket.clone())
     }
 
     /// Queues an encoded frame; [`Writer::flush`] sends it.
@@ -93,6 +102,35 @@ impl Writer {
             }
             written -= front.len();
             self.pending.pop_front();
+        }
+    }
+}
+
+/// Writes a frame to a client's socket from outside its writer, without waiting: what the
+/// socket does not take now is handed back, to go through the writer.
+#[derive(Debug, Clone)]
+pub struct Direct(Arc<OwnedWriteHalf>);
+
+/// What became of a frame given to [`Direct::write`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// All of it is in the socket.
+    All,
+    /// The socket is full: this much (from the end of the frame) is still to be written.
+    Rest(Bytes),
+    /// The connection is broken.
+    Failed,
+}
+
+impl Direct {
+    /// Writes as much of `frame` as the socket takes now.
+    pub fn write(&self, frame: &Bytes) -> Written {
+        match self.0.try_write(frame) {
+            Ok(n) if n == frame.len() => Written::All,
+            Ok(0) => Written::Failed,
+            Ok(n) => Written::Rest(frame.slice(n..)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Written::Rest(frame.clone()),
+            Err(_) => Written::Failed,
         }
     }
 }
