@@ -10,6 +10,7 @@
 //! reconnects by itself, declaring its queue again.
 
 mod acks;
+mod budget;
 mod history;
 mod page;
 mod publish;

@@ -21,13 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::acks::{LazyAck, Next};
+use super::budget::WriteBudget;
 use super::history::{Waiting, REPLY_TO};
 use super::reuse::Recent;
 use super::routes::Routes;
 use super::Channels;
 use crate::access::Projection;
 use crate::idempotency::{fingerprint, Says};
-use crate::rooms::Rooms;
+use crate::rooms::{Handoff, Rooms};
 
 /// Most deliveries handed to clients before the consumer looks at its other duties.
 const DELIVER_BATCH: usize = 256;
@@ -165,6 +166,7 @@ async fn run(
     // shutdown lets those in flight finish before it closes their channel.
     let releases = TaskTracker::new();
     let mut acks = LazyAck::new(prefetch, ACK_DELAY);
+    let mut budget = WriteBudget::new(Instant::now());
     let ack_timer = tokio::time::sleep(ACK_DELAY);
     tokio::pin!(ack_timer);
     loop {
@@ -208,15 +210,23 @@ async fn run(
                     let mut delivered = 0;
                     let mut next = Some(first);
                     while let Some(delivery) = next.take() {
-                        if let Some(valid) = deliver(rooms, says, projection, delivery.context("Delivery failed")?).await? {
-                            if let Next::AckBy(deadline) = acks.record(valid, Instant::now()) {
-                                ack_timer.as_mut().reset(deadline);
-                            }
-                        }
                         delivered += 1;
                         if delivered < DELIVER_BATCH && !acks.is_full() {
                             // Everything already received goes out before the next wait.
                             next = events.next().now_or_never().flatten();
+                        }
+                        // Alone and within budget, an event is written to idle clients'
+                        // sockets by the fanout; else queued for their writers (`budget`).
+                        let started = Instant::now();
+                        let handoff = budget.handoff(started, next.is_some());
+                        let valid = deliver(rooms, says, projection, delivery.context("Delivery failed")?, handoff).await?;
+                        if handoff == Handoff::Direct {
+                            budget.spent(started.elapsed());
+                        }
+                        if let Some(valid) = valid {
+                            if let Next::AckBy(deadline) = acks.record(valid, Instant::now()) {
+                                ack_timer.as_mut().reset(deadline);
+                            }
                         }
                     }
                     // What routing by room saves is seen here: the deliveries this gateway
@@ -242,6 +252,7 @@ async fn deliver(
     says: &Says,
     projection: &Projection,
     delivery: Delivery,
+    handoff: Handoff,
 ) -> anyhow::Result<Option<Delivery>> {
     match Event::decode(&delivery.data) {
         Ok(event) => {
@@ -261,7 +272,7 @@ async fn deliver(
                 // the replay brings it to those who may read it.
                 metrics::counter!("chat_events_held_back_total").increment(1);
             } else {
-                rooms.deliver(&event);
+                rooms.deliver_by(&event, handoff);
             }
             Ok(Some(delivery))
         }
