@@ -5,8 +5,33 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    cap_malloc_arenas();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    runtime.block_on(start())
+}
+
+/// glibc gives threads that allocate at once arenas of their own, up to eight per core, and
+/// memory freed into one arena is not reused by another: with tokio's workers, lapin's I/O
+/// thread and the blocking pool sharing every connection's buffers, idle connections cost
+/// about 1 KiB more each than they hold (BENCHMARKS.md, "Idle connections"). Two arenas keep
+/// contention low and the memory in use; `MALLOC_ARENA_MAX` in the environment overrides
+/// it. Done before the runtime starts any thread.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        const ARENAS: libc::c_int = 2;
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        }
+    }
+}
+
+async fn start() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "token") {
         args.remove(1);
