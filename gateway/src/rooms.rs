@@ -479,8 +479,9 @@ impl Rooms {
             let item = Outbound::Event(shared.clone());
             let sent = match handoff {
                 Handoff::Direct => member.outbox.try_send_via(item, |socket, item| {
-                    direct += 1;
-                    write_direct(socket, item, &member.kick)
+                    let rest = write_direct(socket, item, &member.kick);
+                    direct += u64::from(rest.is_none());
+                    rest
                 }),
                 Handoff::Queue => member.outbox.try_send(item),
             };

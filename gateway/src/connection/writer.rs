@@ -378,4 +378,82 @@ mod tests {
         assert_eq!(code, Close::TOO_SLOW.code);
         h.writer.await.unwrap();
     }
+
+    /// The fanout writes live events to the socket itself while the writer waits with
+    /// nothing queued; messages queued in between (acks, say) must still come out in the
+    /// order they were handed over, and a join's history before the room's live events.
+    #[tokio::test]
+    async fn events_written_by_the_fanout_and_frames_queued_between_them_arrive_in_order() {
+        use crate::rooms::{Handoff, Member, Rooms};
+        use chat_core::{Event, EventKind};
+
+        let mut h = start(Coalescing {
+            delay: Duration::ZERO,
+            max_frames: 64,
+        })
+        .await;
+        let rooms = Rooms::default();
+        let room: Arc<str> = Arc::from("lobby");
+        h.outbox
+            .send(Outbound::Joining(room.clone()))
+            .await
+            .unwrap();
+        rooms.join(
+            &room,
+            1,
+            Member {
+                outbox: h.outbox.clone(),
+                kick: h.kick.clone(),
+                user: None,
+                name: "ann".into(),
+                admin: false,
+            },
+        );
+        let say = |text: String| Event::new(EventKind::Message, "lobby", "bob", Some(text), "gw-1");
+        // Buffered while the history loads: after the `joined`, not before.
+        rooms.deliver_by(&say("early".into()), Handoff::Direct);
+        h.outbox
+            .send(Outbound::Joined(Box::new(Joined {
+                room: room.clone(),
+                messages: vec!["joined".into()],
+                history_ids: Arc::from([]),
+                unarchived: Vec::new(),
+                refused: String::new(),
+            })))
+            .await
+            .unwrap();
+        let mut expected = vec!["joined".to_string(), "early".to_string()];
+        for i in 0..30 {
+            if i % 2 == 0 {
+                // Time for the writer to go back to waiting, so the fanout finds its socket.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rooms.deliver_by(&say(format!("e{i}")), Handoff::Direct);
+            expected.push(format!("e{i}"));
+            if i % 3 == 0 {
+                h.outbox.send(message(&format!("m{i}"))).await.unwrap();
+                expected.push(format!("m{i}"));
+            }
+        }
+        h.outbox
+            .send(Outbound::Close(Box::new(Close::NORMAL)))
+            .await
+            .unwrap();
+        let (texts, code) = read_until_close(&mut h.client).await;
+        let seen: Vec<String> = texts
+            .iter()
+            .map(
+                |text| match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(json) => json["event"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    Err(_) => text.clone(),
+                },
+            )
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(code, 1000);
+        h.writer.await.unwrap();
+    }
 }
