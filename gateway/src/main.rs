@@ -7,19 +7,24 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     cap_malloc_arenas();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("cannot start the tokio runtime");
-    runtime.block_on(start())
+    {
+        Ok(runtime) => runtime.block_on(start()),
+        Err(err) => {
+            eprintln!("error: cannot start the tokio runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// glibc gives threads that allocate at once arenas of their own, up to eight per core, and
 /// memory freed into one arena is not reused by another: with tokio's workers, lapin's I/O
-/// thread and the blocking pool sharing every connection's buffers, idle connections cost
-/// about 1 KiB more each than they hold (BENCHMARKS.md, "Idle connections"). Two arenas keep
-/// contention low and the memory in use; `MALLOC_ARENA_MAX` in the environment overrides
-/// it. Done before the runtime starts any thread.
+/// thread and the blocking pool sharing every connection's buffers, up to about 1 KiB per
+/// idle connection stays stranded after a join storm. Two arenas gave back 0.3 to 0.5 KiB of
+/// it at no measured CPU cost (BENCHMARKS.md, "Connect and join"); `MALLOC_ARENA_MAX` in the
+/// environment overrides it. Done before the runtime starts any thread.
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
