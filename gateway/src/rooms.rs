@@ -30,7 +30,8 @@ pub type Outbox = outbox::Sender<Outbound, Direct>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handoff {
     /// Write it to their sockets from the fanout: no task wake-up per member. For an event
-    /// that arrived alone, when the consumer has nothing else to do.
+    /// that arrived alone, when the consumer has nothing else to do, in a room of at most
+    /// `DIRECT_MEMBERS` local members.
     Direct,
     /// Queue it for their writers. With more events already waiting, the writers then send
     /// several frames per write and the sends spread over the runtime's threads, where
@@ -139,6 +140,10 @@ const RECENT_IDS: usize = 16_384;
 /// How many of the latest events (all rooms) a gateway keeps for joins: the archive trails
 /// the exchange a little, and these cover the gap.
 const RECENT_EVENTS: usize = 4096;
+/// Rooms with more local members than this get their events queued, never written by the
+/// fanout: at a few microseconds per `send`, writing them all would hold the consumer (and
+/// the room map's read lock, which joins and leaves wait for) for milliseconds per event.
+const DIRECT_MEMBERS: usize = 512;
 
 /// The room registry of one gateway.
 #[derive(Debug)]
@@ -472,6 +477,11 @@ impl Rooms {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let Some(members) = rooms.get(&shared.room) else {
             return 0;
+        };
+        let handoff = if members.len() > DIRECT_MEMBERS {
+            Handoff::Queue
+        } else {
+            handoff
         };
         let mut delivered = 0;
         let mut direct = 0;
