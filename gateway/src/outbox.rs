@@ -201,7 +201,7 @@ impl<T, B> std::fmt::Debug for Sender<T, B> {
     }
 }
 
-impl<T, B: Clone> Receiver<T, B> {
+impl<T, B> Receiver<T, B> {
     /// Waits until something is queued and swaps the whole queue, oldest first, with
     /// `batch` (which must be empty): one lock per burst, and the two buffers take turns
     /// instead of being allocated anew. Returns false, leaving `batch` empty, once every
@@ -213,7 +213,11 @@ impl<T, B: Clone> Receiver<T, B> {
     /// [`Receiver::recv_all`], leaving `bypass` for senders ([`Sender::try_send_via`])
     /// while it waits. The caller must have nothing in hand that should go before what the
     /// bypass takes. The bypass is revoked when this returns or is cancelled.
-    pub async fn recv_all_or_bypass(&mut self, batch: &mut VecDeque<T>, bypass: Option<B>) -> bool {
+    pub async fn recv_all_or_bypass(
+        &mut self,
+        batch: &mut VecDeque<T>,
+        mut bypass: Option<B>,
+    ) -> bool {
         debug_assert!(batch.is_empty());
         let _revoke = bypass.is_some().then(|| Revoke(&self.shared));
         loop {
@@ -232,8 +236,10 @@ impl<T, B: Clone> Receiver<T, B> {
                     return false;
                 }
                 state.receiver_waiting = true;
+                // Left once: only queuing (which wakes this) or the last sender leaving
+                // (which ends it) takes it away again.
                 if state.bypass.is_none() {
-                    state.bypass = bypass.clone();
+                    state.bypass = bypass.take();
                 }
             }
             // A push after the lock was released leaves a permit, so it is not missed.

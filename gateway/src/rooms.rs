@@ -526,7 +526,7 @@ fn write_direct(socket: &Direct, item: Outbound, kick: &CancellationToken) -> Op
     };
     match socket.write(&event.frame) {
         Written::All => None,
-        Written::Rest(rest) if rest.len() == event.frame.len() => Some(item),
+        Written::Nothing => Some(item),
         Written::Rest(rest) => Some(Outbound::Encoded(Box::new(rest))),
         Written::Failed => {
             kick.cancel();

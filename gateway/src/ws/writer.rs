@@ -116,8 +116,10 @@ pub struct Direct(Arc<OwnedWriteHalf>);
 pub enum Written {
     /// All of it is in the socket.
     All,
-    /// The socket is full: this much (from the end of the frame) is still to be written.
+    /// The socket took part of it: this much, from the end of the frame, is still to go.
     Rest(Bytes),
+    /// The socket is full: none of it was written.
+    Nothing,
     /// The connection is broken.
     Failed,
 }
@@ -129,7 +131,7 @@ impl Direct {
             Ok(n) if n == frame.len() => Written::All,
             Ok(0) => Written::Failed,
             Ok(n) => Written::Rest(frame.slice(n..)),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Written::Rest(frame.clone()),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Written::Nothing,
             Err(_) => Written::Failed,
         }
     }
